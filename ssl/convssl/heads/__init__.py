@@ -1,0 +1,1 @@
+"""Heads: small standalone modules that tasks put on top of an encoder's features."""
