@@ -130,33 +130,42 @@ def _rgb_to_hsv(x_BCHW):
 
 
 def _hsv_to_rgb(h, s, v):
-    h6 = h * 6.0
-    sector = torch.floor(h6)
-    f = h6 - sector
-    sector = sector.long() % 6
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    # (r, g, b) per sector 0..5 of the hue circle
-    table = torch.stack([
-        torch.stack([v, q, p, p, t, v], dim=1),
-        torch.stack([t, v, v, q, p, p], dim=1),
-        torch.stack([p, p, t, v, v, q], dim=1),
-    ], dim=1)  # [B, 3, 6, H, W]
-    index = sector.unsqueeze(1).unsqueeze(1).expand(-1, 3, 1, -1, -1)
-    return table.gather(2, index).squeeze(2)
+    # closed form per channel: c_n = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6,
+    # with n = 5, 3, 1 for r, g, b (no per-sector table: ~5x cheaper than building one)
+    n_3 = torch.tensor([5.0, 3.0, 1.0], dtype=h.dtype, device=h.device).view(1, 3, 1, 1)
+    k = torch.remainder(n_3 + 6.0 * h.unsqueeze(1), 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    v1 = v.unsqueeze(1)
+    return (v1 - v1 * s.unsqueeze(1) * ramp).clamp(0.0, 1.0)
 
 
 def gaussian_blur(x_BCHW: torch.Tensor, sigma_B: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur, one sigma per sample, reflect padding (torchvision's kernel)."""
+    """Separable Gaussian blur, one sigma per sample, reflect padding (torchvision's kernel).
+
+    Each 1-D pass is a matrix product with a banded ``[side, side]`` matrix per sample that
+    has the reflect padding folded in: one batched GEMM instead of a grouped convolution with
+    B*C groups, which is several times faster on CPU for SimCLR's 23-tap kernel.
+    """
     B, C, H, W = x_BCHW.shape
+    if kernel_size // 2 >= min(H, W):
+        raise ValueError(f"blur kernel {kernel_size} too large for a {H}x{W} image (reflect padding)")
     half = (kernel_size - 1) / 2
     pos_K = torch.linspace(-half, half, kernel_size, device=x_BCHW.device, dtype=x_BCHW.dtype)
     kern_BK = torch.exp(-0.5 * (pos_K.view(1, -1) / sigma_B.to(x_BCHW.dtype).view(-1, 1)) ** 2)
     kern_BK = kern_BK / kern_BK.sum(dim=1, keepdim=True)
-    kern_GK = kern_BK.repeat_interleave(C, dim=0)  # one kernel per (sample, channel) group
-    pad = kernel_size // 2
-    y = F.pad(x_BCHW.reshape(1, B * C, H, W), (pad, pad, pad, pad), mode="reflect")
-    y = F.conv2d(y, kern_GK.view(B * C, 1, 1, kernel_size), groups=B * C)
-    y = F.conv2d(y, kern_GK.view(B * C, 1, kernel_size, 1), groups=B * C)
-    return y.view(B, C, H, W)
+    y = x_BCHW @ _blur_matrix(kern_BK, W).unsqueeze(1)  # along W: [B,C,H,W] @ [B,1,W,W]
+    return _blur_matrix(kern_BK, H).transpose(1, 2).unsqueeze(1) @ y  # along H
+
+
+def _blur_matrix(kern_BK: torch.Tensor, side: int) -> torch.Tensor:
+    """``M [B, side, side]`` with ``(x @ M)[j] = sum_t kern[t] * x[reflect(j + t - r)]``."""
+    B, K = kern_BK.shape
+    r = K // 2
+    out_J = torch.arange(side, device=kern_BK.device)
+    src_JK = out_J.view(-1, 1) + torch.arange(-r, r + 1, device=kern_BK.device).view(1, -1)
+    src_JK = src_JK.abs()  # reflect at the start (no edge repeat, as F.pad "reflect")
+    src_JK = torch.where(src_JK > side - 1, 2 * (side - 1) - src_JK, src_JK)  # and at the end
+    flat = (src_JK * side + out_J.view(-1, 1)).flatten()  # row = source, column = output
+    M = torch.zeros(B, side * side, dtype=kern_BK.dtype, device=kern_BK.device)
+    M.index_add_(1, flat, kern_BK.repeat(1, side))
+    return M.view(B, side, side)
