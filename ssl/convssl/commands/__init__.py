@@ -1,0 +1,1 @@
+"""CLI subcommands: ``convssl.commands.<name>`` defines ``add_arguments`` and ``run``."""
