@@ -7,7 +7,9 @@ class index as ASCII digits when labeled.
 Parallel writers each take a contiguous slice of the source and write their shards
 under temporary names; the shards are then renamed, in slice order, into one
 sequence ``shard-000000.tar, shard-000001.tar, ...`` so the sample order does not
-depend on the number of writers. The manifest is written last (atomically), so an
+depend on the number of writers. Slices are cut at multiples of ``maxcount``, so
+unless ``maxsize`` or unreadable files cut a shard early, the shards are the same as
+one writer's. The manifest is written last (atomically), so an
 interrupted run never leaves a manifest pointing at missing or half-written shards.
 """
 
@@ -112,7 +114,7 @@ def write_shards(
         jobs = [
             _SliceJob(source, temp_dir, writer_id, lo, hi, labeled, maxcount, maxsize, resize,
                       reencode.lower() if reencode else None)
-            for writer_id, (lo, hi) in enumerate(_split_range(start, stop, workers))
+            for writer_id, (lo, hi) in enumerate(_split_range(start, stop, workers, maxcount))
         ]
         if len(jobs) == 1:
             results = [_write_slice(jobs[0])]
@@ -128,11 +130,12 @@ def write_shards(
     return manifest
 
 
-def _split_range(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal, non-empty slices of ``range(start, stop)`` in order."""
-    total = stop - start
-    parts = min(parts, total)
-    bounds = [start + total * p // parts for p in range(parts + 1)]
+def _split_range(start: int, stop: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """Contiguous, non-empty slices of ``range(start, stop)`` in order, cut at multiples of
+    ``align`` past ``start`` so that parallel writers cut shards where one writer would."""
+    chunks = -(-(stop - start) // align)
+    parts = min(parts, chunks)
+    bounds = [min(stop, start + align * (chunks * p // parts)) for p in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
