@@ -83,7 +83,9 @@ class ShardDataset(IterableDataset):
         infinite: loop over epochs forever (epoch, epoch + 1, ...), reshuffling each.
         start_batches, batch_size: resume after ``start_batches`` batches of ``batch_size``
             drawn by a DataLoader (workers take turns, one whole batch each) from epoch
-            ``epoch``; in infinite mode ``start_batches`` may span several epochs.
+            ``epoch``; in infinite mode ``start_batches`` may span several epochs. The
+            resumed loader yields the batches the uninterrupted one would have, in order
+            (exactly so in infinite mode; in finite mode until a worker runs out).
         max_corrupt_fraction: raise ``DataError`` when corrupt / seen exceeds it (checked
             from 50 samples on, and at the end of each pass).
         manifest: the shards' manifest (taken from ``urls`` when that is a spec); its
@@ -156,12 +158,16 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         num_workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        units = self.world_size * num_workers
-        unit = self.rank * num_workers + worker_id
         epoch = self.epoch
-        to_skip = 0
+        role, to_skip = worker_id, 0
         if epoch == self.start_epoch and self.start_batches:
-            to_skip = len(range(worker_id, self.start_batches, num_workers)) * self.batch_size
+            # The loader asks workers 0, 1, ... in turn; batch ``start_batches`` of the
+            # interrupted run came from worker start_batches % W, so worker w takes over
+            # that worker's stream ("role") and the batches keep their order.
+            role = (worker_id + self.start_batches) % num_workers
+            to_skip = len(range(role, self.start_batches, num_workers)) * self.batch_size
+        units = self.world_size * num_workers
+        unit = self.rank * num_workers + role
         while True:
             epoch_count = self._unit_epoch_count(epoch, unit, units)
             if to_skip and epoch_count is not None and to_skip >= epoch_count and self.infinite:
