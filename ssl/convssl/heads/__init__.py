@@ -1,1 +1,1 @@
-"""Heads: small standalone modules that tasks put on top of an encoder's features."""
+"""Small heads shared by tasks."""
