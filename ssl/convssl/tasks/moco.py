@@ -163,7 +163,7 @@ class MoCo(nn.Module):
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == 0).float().mean()
         return {"loss": loss, "acc": dist.all_reduce_mean(acc),
-                "momentum": torch.tensor(self._momentum)}
+                "momentum": torch.tensor(self._momentum, device=logits.device)}
 
     @torch.no_grad()
     def enqueue(self, keys_ND: torch.Tensor) -> None:
