@@ -39,11 +39,10 @@ import torch.nn.functional as F
 
 from convssl import dist
 from convssl.augment.config import ColorAugConfig
-from convssl.augment.photometric import color_augment
+from convssl.augment.views import prepare_view
 from convssl.augment.worker import worker_transform
 from convssl.batch_shuffle import grouped_forward, shuffled_forward
 from convssl.data.config import DataConfig
-from convssl.data.normalize import normalize
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
@@ -118,16 +117,19 @@ class MoCo(nn.Module):
 
     # ---- views -------------------------------------------------------------------------
     def worker_transform(self):
-        """Per-view transform for the loader workers, or None when augmenting on the device."""
+        """Per-view transform for the loader workers, or None when augmenting on the device.
+
+        With ``augment_on: worker`` the loader must apply it to each uint8 view after the
+        crop; otherwise the views reach the task with no photometric augmentation at all.
+        """
         if self.cfg.augment_on != "worker":
             return None
         return worker_transform(self.cfg.augment, self.data.channels, self.data.size)
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
-        x = img_BCHW.float() / 255.0 if img_BCHW.dtype == torch.uint8 else img_BCHW.float()
-        if self.cfg.augment_on == "device":
-            x = color_augment(x, self.cfg.augment)
-        return normalize(x, self.data.mean, self.data.std)
+        """uint8 view -> augmented (when on the device), normalized float input."""
+        augment = self.cfg.augment if self.cfg.augment_on == "device" else None
+        return prepare_view(img_BCHW, augment, self.data.mean, self.data.std)
 
     # ---- the two encoders --------------------------------------------------------------
     def _query(self, x_BCHW: torch.Tensor) -> torch.Tensor:
@@ -162,7 +164,7 @@ class MoCo(nn.Module):
             self.steps += 1
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == 0).float().mean()
-        return {"loss": loss, "acc": dist.all_reduce_mean(acc),
+        return {"loss": loss, "acc": acc,
                 "momentum": torch.tensor(self._momentum, device=logits.device)}
 
     @torch.no_grad()

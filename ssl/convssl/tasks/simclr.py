@@ -19,12 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from convssl import dist
 from convssl.augment.config import ColorAugConfig
-from convssl.augment.photometric import color_augment
+from convssl.augment.views import prepare_view
 from convssl.augment.worker import worker_transform
 from convssl.data.config import DataConfig
-from convssl.data.normalize import normalize
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
@@ -80,17 +78,19 @@ class SimCLR(nn.Module):
                                     last_bn=cfg.proj_last_bn)
 
     def worker_transform(self):
-        """Per-view transform for the loader workers, or None when augmenting on the device."""
+        """Per-view transform for the loader workers, or None when augmenting on the device.
+
+        With ``augment_on: worker`` the loader must apply it to each uint8 view after the
+        crop; otherwise the views reach the task with no photometric augmentation at all.
+        """
         if self.cfg.augment_on != "worker":
             return None
         return worker_transform(self.cfg.augment, self.data.channels, self.data.size)
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""
-        x = img_BCHW.float() / 255.0 if img_BCHW.dtype == torch.uint8 else img_BCHW.float()
-        if self.cfg.augment_on == "device":
-            x = color_augment(x, self.cfg.augment)
-        return normalize(x, self.data.mean, self.data.std)
+        augment = self.cfg.augment if self.cfg.augment_on == "device" else None
+        return prepare_view(img_BCHW, augment, self.data.mean, self.data.std)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["img"]
@@ -104,4 +104,5 @@ class SimCLR(nn.Module):
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == target).float().mean()
             pos_sim = F.cosine_similarity(z1.float(), z2.float(), dim=1).mean()
-        return {"loss": loss, "acc": dist.all_reduce_mean(acc), "pos_sim": dist.all_reduce_mean(pos_sim)}
+        # per-rank values: the trainer averages logged scalars over ranks when it logs
+        return {"loss": loss, "acc": acc, "pos_sim": pos_sim}
