@@ -19,6 +19,8 @@ Legend: C channels, H height, W width, B batch.
 
 from __future__ import annotations
 
+import signal
+
 import hashlib
 import io
 import random
@@ -324,6 +326,14 @@ def collate_samples(samples: list[dict]) -> dict:
     return batch
 
 
+def _leave_signals_to_main(_worker_id: int) -> None:
+    """Workers ignore SIGINT/SIGTERM sent to the whole process group (Ctrl-C, timeout,
+    a cluster scheduler): the main process then saves a checkpoint and shuts them down.
+    A worker whose parent dies still exits (DataLoader's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: ShardDataset,
     batch_size: int,
@@ -346,6 +356,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
+        worker_init_fn=_leave_signals_to_main,
         collate_fn=collate_samples,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
