@@ -124,6 +124,8 @@ def test_image_folder_labels_and_channels(image_folder_tree: Path, tmp_path: Pat
         assert np.array_equal(sample["img"].permute(1, 2, 0).numpy(), expected)
     gray = _read_all(str(tmp_path / "out"), channels=1)
     assert all(s["img"].shape[0] == 1 for s in gray)
+    with pytest.raises(DataError, match="cannot batch 'img'"):  # sizes differ: a crop is needed
+        next(iter(make_loader(ShardDataset(str(tmp_path / "out")), batch_size=12, num_workers=0)))
 
 
 def test_parallel_writers_write_the_same_samples(photo_folder: Path, tmp_path: Path):
