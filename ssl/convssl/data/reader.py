@@ -164,7 +164,7 @@ class ShardDataset(IterableDataset):
         unit = self.rank * num_workers + role
         while True:
             epoch_count = self._unit_epoch_count(epoch, unit, units)
-            if to_skip and epoch_count is not None and to_skip >= epoch_count and self.infinite:
+            if self.infinite and to_skip and epoch_count and to_skip >= epoch_count:
                 to_skip -= epoch_count  # the whole epoch was consumed before: skip it unread
             else:
                 raw_seen = 0
