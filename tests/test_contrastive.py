@@ -344,3 +344,27 @@ def test_worker_path_skips_device_augmentation():
     assert torch.equal(task.prepare(img), (img.float() / 255 - 0.5) / 0.25)
     assert task.worker_transform() is not None
     assert build_task({"name": "simclr"}, enc, data).worker_transform() is None
+
+
+# ---- through the trainer ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_moco_resume_through_trainer_is_exact(tmp_path):
+    """4 steps in one go == 2 steps, stop, resume, 2 more: queue and key encoder included."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'ssl'}{os.pathsep}{ROOT / 'tests'}"}
+    common = [sys.executable, "-m", "convssl", "pretrain", "--recipe", str(ROOT / "recipes/moco_resnet18_small.yaml"),
+              "--data", str(ROOT / "data/fmnist/unlabeled"), "--quiet", "--device", "cpu", "--max-steps", "4"]
+    for s in ("encoder.spec=custom_nets:small_convnet", "encoder.small_input=false", "data.batch_size=32",
+              "data.workers=1", "task.queue_size=96", "task.bn_groups=2", "train.channels_last=false"):
+        common += ["--set", s]
+    runs = [[*common, "--out", str(tmp_path / "a")],
+            [*common, "--out", str(tmp_path / "b"), "--stop-after", "2"],
+            [*common, "--out", str(tmp_path / "b"), "--resume"]]
+    for cmd in runs:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (torch.load(sorted((tmp_path / r / "checkpoints").glob("*.pt"))[-1], weights_only=False)["task"]
+            for r in ("a", "b"))
+    assert int(a["steps"]) == 4 and int(a["queue_ptr"]) == (4 * 32) % 96
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
