@@ -98,7 +98,9 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         step = state["step"]
 
     if batches is None:
-        batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step)
+        worker_augment = task.worker_transform() if hasattr(task, "worker_transform") else None
+        batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step,
+                                 worker_augment=worker_augment)
     # RNG last: starting the loader (iter draws a base seed) must not shift the random
     # stream of a resumed run against the uninterrupted one.
     batches = iter(batches)
@@ -315,12 +317,16 @@ def _resolve(spec: str):
     return resolve_shards(spec)
 
 
-def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int):
-    from convssl.data.crops import RandomResizedCrop
+def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int, worker_augment=None):
+    """The rank's infinite loader: crops (and the task's worker-side augmentation, if any)
+    run in the workers; ``start_batches`` resumes the data position."""
+    from convssl.data.crops import CropThenAugment, RandomResizedCrop
     from convssl.data.reader import ShardDataset, make_loader
 
     d = recipe.data
     transform = RandomResizedCrop(d.size, scale=d.scale, ratio=d.ratio, flip=d.flip, views=d.views)
+    if worker_augment is not None:
+        transform = CropThenAugment(transform, worker_augment)
     dataset = ShardDataset(
         urls, transform=transform, channels=d.channels, labeled=False,
         shuffle_buffer=d.shuffle_buffer, seed=recipe.train.seed, rank=info.rank,
