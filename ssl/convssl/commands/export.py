@@ -41,7 +41,7 @@ def run(args) -> int:
     print(f"weights   {sidecar['paths']['weights']} ({sidecar['num_tensors']} tensors, "
           f"{sidecar['num_params']:,} parameters, {sidecar['key_format']} keys)")
     print(f"sidecar   {sidecar['paths']['sidecar']}")
-    print(f"verified  loads into {arch['builder']} with strict=True on the backbone keys")
+    print(f"verified  strict=True on the backbone keys, loading into {arch['builder']}")
     for change in arch["stem_changes"]:
         print(f"          {change}")
     head = sidecar["not_exported"]["classifier head"]

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from convssl.data.crops import ResizeCenterCrop
 from convssl.data.normalize import normalize
+from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
 from convssl.errors import DataError
 
@@ -75,10 +78,6 @@ def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
 
     Unshuffled, no augmentation, one pass: the evaluation view of the data.
     """
-    from convssl.data.crops import ResizeCenterCrop
-    from convssl.data.reader import ShardDataset, make_loader
-    from convssl.data.urls import resolve_shards
-
     urls, manifest = resolve_shards(spec)
     dataset = ShardDataset(urls, transform=ResizeCenterCrop(size, resize=eval_resize(size)), channels=channels,
                            labeled=True, shuffle_buffer=0, seed=0, infinite=False, manifest=manifest)

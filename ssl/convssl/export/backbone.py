@@ -166,7 +166,8 @@ def _architecture(enc_cfg: EncoderConfig, builder: str, expected: dict[str, torc
     if enc_cfg.in_chans != conv_in_channels(plain):
         stem.append(f"the first conv takes in_chans={enc_cfg.in_chans} (plain model: {conv_in_channels(plain)})")
     rebuild = ("from convssl.encoders import EncoderConfig, build_bare_model; "
-               "model = build_bare_model(EncoderConfig(**sidecar['encoder']['config']))")
+               "model = build_bare_model(EncoderConfig(**sidecar['encoder']['config'])); "
+               "model.load_state_dict(weights, strict=False)  # only the head missing")
     plain_ok = not changed and not enc_cfg.small_input
     return {
         "builder": builder if plain_ok else f"{builder} with convssl's stem changes",
