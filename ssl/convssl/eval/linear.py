@@ -1,7 +1,7 @@
 """Linear probe: multinomial logistic regression on frozen, standardized features.
 
 The protocol of Kornblith et al. (2019, "Do better ImageNet models transfer better?")
-and CLIP (Radford et al. 2021, sec. 3.2): features extracted once without augmentation,
+and CLIP (Radford et al. 2021, appendix A.3): features extracted once without augmentation,
 standardized with the training set's mean and std, a full-batch L-BFGS fit of an
 L2-regularised logistic regression whose strength is chosen on a held-out part of the
 training set, then a refit on the whole training set with that strength. It agrees
