@@ -1,0 +1,53 @@
+"""``convssl export``: a checkpoint's backbone in the original model's key space.
+
+    convssl export --ckpt RUN_OR_CKPT --out backbone.pth [--format torchvision|timm|state_dict] [--safetensors]
+
+Writes the weights and ``OUT.json`` (encoder, stages, input size and normalisation, the
+recipe), after checking that they load into the original architecture with
+``strict=True`` on every backbone key. Exits 1, listing the keys, when they do not.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    from convssl.export import FORMATS
+
+    parser.add_argument("--ckpt", required=True, help="checkpoint file, or a run directory (its latest checkpoint)")
+    parser.add_argument("--out", required=True, help="weights file to write (a folder: backbone.pth in it)")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
+                        help="key space promised: torchvision or timm (needs such an encoder) or state_dict "
+                             "(any encoder); default: the encoder's source")
+    parser.add_argument("--safetensors", action="store_true", help="write .safetensors (needs the safetensors package)")
+
+
+def run(args) -> int:
+    from convssl.export import ExportError, export_backbone
+
+    try:
+        sidecar = export_backbone(args.ckpt, args.out, fmt=args.fmt, safetensors=args.safetensors)
+    except ExportError as exc:
+        if not (exc.missing or exc.unexpected or exc.mismatched):
+            raise
+        print(f"convssl export: verification failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        for what, keys in (("missing", exc.missing), ("unexpected", exc.unexpected), ("mismatched", exc.mismatched)):
+            for key in keys:
+                print(f"  {what}: {key}", file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return 1
+    arch = sidecar["architecture"]
+    print(f"weights   {sidecar['paths']['weights']} ({sidecar['num_tensors']} tensors, "
+          f"{sidecar['num_params']:,} parameters, {sidecar['key_format']} keys)")
+    print(f"sidecar   {sidecar['paths']['sidecar']}")
+    print(f"verified  strict=True on the backbone keys, loading into {arch['builder']}")
+    for change in arch["stem_changes"]:
+        print(f"          {change}")
+    head = sidecar["not_exported"]["classifier head"]
+    if head:
+        print(f"not exported: classifier head ({', '.join(head)})")
+    print(f"input     {sidecar['input']['channels']} x {sidecar['input']['size']} px, "
+          f"mean {sidecar['input']['mean']}, std {sidecar['input']['std']}")
+    return 0
+

@@ -1,0 +1,7 @@
+"""Evaluation of frozen encoders: per-stage features, linear probe (primary), kNN.
+
+Modules: ``features`` (frozen, pooled features of every stage), ``linear`` (L-BFGS
+logistic regression, weight decay chosen on a held-out split), ``knn`` (weighted
+cosine kNN), ``report`` (report.json / report.md / stages.png), ``probe`` (all of it
+for a pair of labeled shard sets). Imported on use.
+"""

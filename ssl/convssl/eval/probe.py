@@ -1,0 +1,93 @@
+"""Probe a frozen encoder on labeled shards: per-stage linear top-1 (primary) and kNN.
+
+Linear comes first because kNN is misleading for pretext tasks (rotation 11.9 kNN vs
+47.0 linear on ImageNet, REFERENCES.md); every stage is probed because the last
+stages of a pretext-trained net specialise to the pretext task (Gidaris et al. 2018:
+block 2 beats block 4 by 27 points).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+import convssl
+from convssl.config import to_dict
+from convssl.encoders import Encoder
+from convssl.errors import DataError
+from convssl.eval import knn as knn_mod
+from convssl.eval import linear
+from convssl.eval.features import MAX_DIMS, features_of_shards
+from convssl.eval.report import write_report
+
+FORMAT = "convssl-probe/1"
+
+
+def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channels: int, mean, std,
+          out_dir: str | Path, batch_size: int = 256, workers: int = 2, knn: bool = True,
+          max_dims: int | None = MAX_DIMS, checkpoint: str | None = None, step: int | None = None,
+          seed: int | None = None) -> dict:
+    """Extract frozen features of ``train_spec`` and ``val_spec``, fit the probes per stage,
+    write ``report.json``, ``report.md`` and ``stages.png`` into ``out_dir``.
+
+    The encoder runs on the device of its parameters; the probes are fitted there too.
+    ``checkpoint``, ``step`` and ``seed`` (for a random-init encoder) are recorded in
+    the report. Returns the report dict (accuracies are top-1 fractions in [0, 1]).
+    """
+    started = time.perf_counter()
+    device = next(encoder.parameters()).device
+    read = dict(size=size, channels=channels, mean=mean, std=std, batch_size=batch_size, workers=workers,
+                max_dims=max_dims)
+    train = features_of_shards(encoder, train_spec, **read)
+    val = features_of_shards(encoder, val_spec, **read)
+    seconds = {"features": time.perf_counter() - started, "linear": 0.0, "knn": 0.0}
+    num_classes = int(max(train.labels_N.max(), val.labels_N.max())) + 1
+    if len(train) < 2:
+        raise DataError(f"the training shards {train_spec!r} hold {len(train)} sample(s); a probe needs more")
+
+    stages = []
+    for tr, va in zip(train.stages, val.stages):
+        row = {"name": tr.name, "channels": tr.channels, "reduction": tr.reduction, "grid": tr.grid, "dims": tr.dims}
+        t0 = time.perf_counter()
+        fit = linear.linear_probe(tr.feats_ND, train.labels_N, va.feats_ND, val.labels_N,
+                                  num_classes=num_classes, device=device)
+        seconds["linear"] += time.perf_counter() - t0
+        row |= {"linear_top1": fit["top1"], "linear_wd": fit["wd"], "linear_train_top1": fit["train_top1"],
+                "linear_heldout": fit["heldout"]}
+        if knn:
+            t0 = time.perf_counter()
+            acc = knn_mod.knn_eval(tr.feats_ND, train.labels_N, va.feats_ND, val.labels_N,
+                                   num_classes=num_classes, device=device)
+            seconds["knn"] += time.perf_counter() - t0
+            row |= {f"knn{k}": v for k, v in acc.items()}
+        else:
+            row |= {f"knn{k}": None for k in knn_mod.KS}
+        stages.append(row)
+    seconds["total"] = time.perf_counter() - started
+
+    config = encoder.config
+    report = {
+        "format": FORMAT,
+        "encoder": {"spec": config.spec if config else type(encoder.model).__name__,
+                    "config": to_dict(config) if config else None},
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "step": step,
+        "seed": seed,
+        "data": {"train": str(train_spec), "val": str(val_spec), "size": size, "channels": channels,
+                 "mean": list(mean), "std": list(std)},
+        "counts": {"train": len(train), "val": len(val), "classes": num_classes},
+        "chance": 1.0 / num_classes,
+        "protocol": {"features": f"per-stage average pooling to <= {max_dims} dims, eval mode",
+                     "linear": "standardized, L-BFGS multinomial logistic regression, mean CE + wd/2 ||W||^2",
+                     "wd_grid": list(linear.WD_GRID), "heldout": linear.HELDOUT,
+                     "knn_ks": list(knn_mod.KS) if knn else [], "knn_temperature": knn_mod.TEMPERATURE,
+                     "units": "accuracies are top-1 fractions in [0, 1]"},
+        "stages": stages,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "device": str(device),
+        "versions": {"convssl": convssl.__version__, "torch": torch.__version__},
+    }
+    write_report(report, out_dir)
+    return report
