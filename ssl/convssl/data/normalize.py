@@ -7,6 +7,8 @@ import torch
 
 def normalize(x_BCHW: torch.Tensor, mean, std) -> torch.Tensor:
     """``(x / 255 - mean) / std`` per channel; uint8 or 0..1 float input."""
+    if x_BCHW.ndim != 4 or len(mean) != x_BCHW.shape[1] or len(std) != x_BCHW.shape[1]:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for a batch of shape {tuple(x_BCHW.shape)}")
     x = x_BCHW.float()
     if x_BCHW.dtype == torch.uint8:
         x = x / 255.0

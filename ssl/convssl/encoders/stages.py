@@ -152,12 +152,21 @@ def discover(model: nn.Module, x_BCHW: torch.Tensor) -> Trunk:
     if len(groups) > 1 and _conv_count(model, groups[0]) <= 1:
         groups[1] = groups[0] + groups[1]
         groups.pop(0)
-    in_h = x_BCHW.shape[-2]
-    stages = [
-        Stage(g[-1], calls[g[-1]].out_c, max(1, round(in_h / calls[g[-1]].out_hw[0])))
-        for g in groups
-    ]
+    ends = [g[-1] for g in groups]
+    reductions = _reductions(model, x_BCHW, ends, calls)
+    stages = [Stage(n, calls[n].out_c, r) for n, r in zip(ends, reductions)]
     return Trunk(chain=trunk, stages=stages, head=head)
+
+
+def _reductions(model: nn.Module, x_BCHW: torch.Tensor, names: list[str], calls: dict[str, _Call]) -> list[int]:
+    """Input size / stage size; measured again at a size divisible by 64 when the given
+    size does not divide evenly (a 20 px input would otherwise report 7, 10, 20)."""
+    in_h = x_BCHW.shape[-2]
+    if all(in_h % calls[n].out_hw[0] == 0 for n in names):
+        return [in_h // calls[n].out_hw[0] for n in names]
+    clean = 64 * max(4, -(-in_h // 64))
+    again = record_calls(model, x_BCHW.new_zeros(*x_BCHW.shape[:2], clean, clean))
+    return [max(1, round(clean / again[n].out_hw[0])) for n in names]
 
 
 def stages_for_names(model: nn.Module, x_BCHW: torch.Tensor, names: list[str]) -> list[Stage]:
@@ -170,5 +179,4 @@ def stages_for_names(model: nn.Module, x_BCHW: torch.Tensor, names: list[str]) -
             f"modules that did: {[n for n, c in calls.items() if c.out_hw][:30]}"
         )
     order = sorted(names, key=lambda n: calls[n].order)
-    in_h = x_BCHW.shape[-2]
-    return [Stage(n, calls[n].out_c, max(1, round(in_h / calls[n].out_hw[0]))) for n in order]
+    return [Stage(n, calls[n].out_c, r) for n, r in zip(order, _reductions(model, x_BCHW, order, calls))]

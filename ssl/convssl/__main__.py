@@ -1,0 +1,7 @@
+"""``python -m convssl ...`` (and ``torchrun -m convssl pretrain ...``)."""
+
+import sys
+
+from convssl.cli import main
+
+sys.exit(main())

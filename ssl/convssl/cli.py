@@ -1,0 +1,70 @@
+"""The ``convssl`` command line: one subcommand per module in ``convssl.commands``.
+
+User mistakes (``ConvsslError``) print one clear message and exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from convssl.errors import ConvsslError
+
+COMMANDS = {
+    "shards": "write webdataset tar shards from an image folder or a dataset",
+    "pretrain": "pretrain an encoder with a pretext task recipe (one process or torchrun)",
+    "probe": "linear-probe and kNN-evaluate a frozen encoder on labeled shards",
+    "export": "export a pretrained backbone for torchvision / timm / plain PyTorch",
+    "info": "show an encoder's stages, channels, reductions and parameter count",
+}
+
+
+def _command(name: str):
+    try:
+        return importlib.import_module(f"convssl.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"convssl.commands.{name}":
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from convssl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="convssl",
+        description="Self-supervised pretraining for convolutional networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"convssl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = _command(name)
+        if module is not None:
+            module.add_arguments(p)
+        p.set_defaults(_module=module, _name=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args._module is None:
+        print(f"convssl {args._name}: not available yet in this version", file=sys.stderr)
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except ConvsslError as exc:
+        print(f"convssl {args._name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convssl {args._name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

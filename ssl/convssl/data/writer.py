@@ -1,0 +1,265 @@
+"""Write a source's images into webdataset tar shards plus a ``manifest.json``.
+
+Each sample is a group of tar members sharing a key: ``<key>.<ext>`` holds the image
+(original bytes unless resizing or re-encoding is asked for) and ``<key>.cls`` the
+class index as ASCII digits when labeled.
+
+Parallel writers each take a contiguous slice of the source and write their shards
+under temporary names; the shards are then renamed, in slice order, into one
+sequence ``shard-000000.tar, shard-000001.tar, ...`` so the sample order does not
+depend on the number of writers. Slices are cut at multiples of ``maxcount``, so
+unless ``maxsize`` or unreadable files cut a shard early, the shards are the same as
+one writer's. The manifest is written last (atomically), so an
+interrupted run never leaves a manifest pointing at missing or half-written shards.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import shutil
+import tarfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from convssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
+from convssl.data.sources import Sample, Source
+from convssl.errors import DataError
+
+SHARD_PATTERN = "shard-{index:06d}.tar"
+_TEMP_PREFIX = ".convssl-tmp-"
+_TAR_BLOCK = 512
+_REENCODE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+_JPEG_QUALITY = 95  # high enough that re-encoding adds no visible artefacts
+_MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3, "YCbCr": 3, "CMYK": 3, "LA": 2, "RGBA": 4}
+
+
+@dataclass(frozen=True)
+class _SliceJob:
+    """What one writer process does: samples ``start <= i < stop`` into temp shards."""
+
+    source: Source
+    temp_dir: Path
+    writer_id: int
+    start: int
+    stop: int
+    labeled: bool
+    maxcount: int
+    maxsize: int
+    resize: int | None
+    reencode: str | None
+
+
+@dataclass(frozen=True)
+class _SliceResult:
+    shards: tuple[ShardInfo, ...]  # names are temp file names inside temp_dir
+    skipped: int
+    modes: frozenset[str]
+
+
+def write_shards(
+    source: Source,
+    out_dir: str | Path,
+    *,
+    maxcount: int = 1000,
+    maxsize: int = 256 * 2**20,
+    resize: int | None = None,
+    reencode: str | None = None,
+    workers: int = 1,
+    labeled: bool | None = None,
+    classes: tuple[str, ...] | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write samples ``start <= i < stop`` of ``source`` as shards in ``out_dir``.
+
+    Args:
+        source: from ``convssl.data.sources.open_source``.
+        out_dir: created if missing. An earlier convssl output there is replaced; any
+            other non-empty folder is refused unless ``overwrite``.
+        maxcount: most samples per shard.
+        maxsize: most bytes per shard (a single larger sample still gets a shard).
+        resize: shrink images whose shorter side is longer than this to exactly this
+            shorter side (never enlarges); implies re-encoding those images.
+        reencode: "png" | "jpg" | "webp" to re-encode every image; None keeps the
+            original bytes (resized images keep their format when it is one of these).
+        workers: parallel writer processes.
+        labeled: None follows the source; False drops the labels of a labeled source.
+        classes: class names to record; None takes the source's.
+    Returns:
+        The manifest written to ``out_dir/manifest.json``.
+    """
+    labeled = source.labeled if labeled is None else labeled
+    if labeled and not source.labeled:
+        raise DataError(f"{source.description} has no labels; write it unlabeled, or give an ImageFolder tree")
+    if reencode is not None and reencode.lower() not in _REENCODE_FORMATS:
+        raise DataError(f"cannot re-encode as {reencode!r}; use one of: png, jpg, webp")
+    if maxcount < 1 or maxsize < 1 or workers < 1 or (resize is not None and resize < 1):
+        raise DataError("maxcount, maxsize, workers and resize must be positive")
+    stop = len(source) if stop is None else min(stop, len(source))
+    if not 0 <= start < stop:
+        raise DataError(f"empty sample range start={start} stop={stop}: the source has {len(source)} samples")
+
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    temp_dir = out_dir / f"{_TEMP_PREFIX}{os.getpid()}"
+    temp_dir.mkdir()
+    try:
+        jobs = [
+            _SliceJob(source, temp_dir, writer_id, lo, hi, labeled, maxcount, maxsize, resize,
+                      reencode.lower() if reencode else None)
+            for writer_id, (lo, hi) in enumerate(_split_range(start, stop, workers, maxcount))
+        ]
+        if len(jobs) == 1:
+            results = [_write_slice(jobs[0])]
+        else:
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
+                results = list(pool.map(_write_slice, jobs))
+        manifest = _publish(out_dir, temp_dir, results, source, labeled, classes)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    if manifest.skipped:
+        warnings.warn(f"skipped {manifest.skipped} unreadable files in {source.description}", stacklevel=2)
+    return manifest
+
+
+def _split_range(start: int, stop: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """Contiguous, non-empty slices of ``range(start, stop)`` in order, cut at multiples of
+    ``align`` past ``start`` so that parallel writers cut shards where one writer would."""
+    chunks = -(-(stop - start) // align)
+    parts = min(parts, chunks)
+    bounds = [min(stop, start + align * (chunks * p // parts)) for p in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output {out_dir} exists and is not a folder; choose another OUT")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f"{_TEMP_PREFIX}*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    foreign = [p.name for p in out_dir.iterdir() if not _is_convssl_output(p)]
+    if foreign and not overwrite:
+        raise DataError(
+            f"output folder {out_dir} is not empty and not an earlier convssl shard output "
+            f"(it holds {', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}); "
+            "choose an empty OUT, or pass --overwrite (only shard-*.tar and manifest.json are replaced)"
+        )
+
+
+def _is_convssl_output(path: Path) -> bool:
+    if path.name == MANIFEST_NAME:
+        try:
+            read_manifest(path)
+            return True
+        except DataError:
+            return False
+    return path.name.startswith("shard-") and path.suffix == ".tar"
+
+
+def _write_slice(job: _SliceJob) -> _SliceResult:
+    """Write one slice of samples into numbered temp shards; runs in a writer process."""
+    shards, modes, skipped = [], set(), 0
+    tar, shard_path, count, size = None, None, 0, 0
+
+    def close_shard() -> None:
+        tar.close()
+        with open(shard_path, "rb+") as f:
+            os.fsync(f.fileno())
+        shards.append(ShardInfo(shard_path.name, count, shard_path.stat().st_size))
+
+    for index in range(job.start, job.stop):
+        sample = job.source.sample(index)
+        if sample is None:
+            skipped += 1
+            continue
+        sample = _transcode(sample, job.resize, job.reencode)
+        members = [(f"{sample.key}.{sample.ext}", sample.data)]
+        if job.labeled:
+            members.append((f"{sample.key}.cls", str(sample.label).encode("ascii")))
+        sample_size = sum(_TAR_BLOCK + -(-len(data) // _TAR_BLOCK) * _TAR_BLOCK for _, data in members)
+        if tar is not None and (count >= job.maxcount or size + sample_size > job.maxsize):
+            close_shard()
+            tar = None
+        if tar is None:
+            shard_path = job.temp_dir / f"w{job.writer_id:04d}-{len(shards):06d}.tar"
+            tar, count, size = tarfile.open(shard_path, "w", format=tarfile.PAX_FORMAT), 0, 0
+        for name, data in members:
+            tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+        count, size = count + 1, size + sample_size
+        modes.add(sample.mode)
+    if tar is not None:
+        close_shard()
+    return _SliceResult(tuple(shards), skipped, frozenset(modes))
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """A read-only regular file entry with fixed owner and time: identical inputs give identical shards."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    info.uname = info.gname = "convssl"
+    return info
+
+
+def _transcode(sample: Sample, resize: int | None, reencode: str | None) -> Sample:
+    """Resize (shorter side, shrink only) and/or re-encode; else the sample unchanged."""
+    if resize is None and reencode is None:
+        return sample
+    with Image.open(io.BytesIO(sample.data)) as img:
+        img.load()
+        needs_resize = resize is not None and min(img.size) > resize
+        if not needs_resize and (reencode is None or reencode == sample.ext):
+            return sample
+        if needs_resize:
+            width, height = img.size
+            scale = resize / min(width, height)
+            new_size = (max(resize, round(width * scale)), max(resize, round(height * scale)))
+            img = img.resize(new_size, Image.Resampling.BICUBIC)
+        ext = reencode or (sample.ext if sample.ext in _REENCODE_FORMATS else "png")
+        image_format = _REENCODE_FORMATS[ext]
+        if image_format == "JPEG" and img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        buffer = io.BytesIO()
+        img.save(buffer, format=image_format, **({"quality": _JPEG_QUALITY} if image_format == "JPEG" else {}))
+    return Sample(sample.key, buffer.getvalue(), "jpg" if ext == "jpeg" else ext, sample.label, img.mode)
+
+
+def _publish(
+    out_dir: Path,
+    temp_dir: Path,
+    results: list[_SliceResult],
+    source: Source,
+    labeled: bool,
+    classes: tuple[str, ...] | None,
+) -> Manifest:
+    """Replace any earlier output by the new shards, then write the manifest."""
+    if not any(result.shards for result in results):
+        raise DataError(f"no readable images in {source.description}; nothing was written")
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # first: the folder stops claiming completeness
+    for old in out_dir.glob("shard-*.tar"):
+        old.unlink()
+    shards = []
+    for temp_shard in (shard for result in results for shard in result.shards):
+        name = SHARD_PATTERN.format(index=len(shards))
+        os.replace(temp_dir / temp_shard.name, out_dir / name)
+        shards.append(ShardInfo(name, temp_shard.count, temp_shard.bytes))
+    modes = sorted(set().union(*(result.modes for result in results)))
+    channel_counts = {_MODE_CHANNELS.get(mode) for mode in modes}
+    manifest = Manifest(
+        shards=tuple(shards),
+        labeled=labeled,
+        classes=tuple(source.classes if classes is None else classes) if labeled else (),
+        modes=tuple(modes),
+        channels=channel_counts.pop() if len(channel_counts) == 1 else None,
+        source=source.description,
+        skipped=sum(result.skipped for result in results),
+    )
+    manifest.write(out_dir)
+    return manifest

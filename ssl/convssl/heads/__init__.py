@@ -1,0 +1,1 @@
+"""Small heads shared by tasks."""

@@ -1,0 +1,75 @@
+"""A recipe: the five typed sections of an experiment, loaded from YAML + overrides.
+
+Every key is checked before anything runs: unknown keys and wrong types in any section
+(the task's own section included) fail with the key path and the valid keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from convssl.config import apply_overrides, from_dict, load_yaml, to_dict
+from convssl.data.config import DataConfig
+from convssl.encoders import EncoderConfig
+from convssl.errors import ConfigError
+from convssl.registry import task_class
+from convssl.train.config import OptimConfig, TrainConfig
+
+SECTIONS = ("encoder", "data", "task", "optim", "train")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: dict = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def recipe_from_dict(raw: dict) -> Recipe:
+    raw = dict(raw)
+    encoder = dict(raw.get("encoder") or {})
+    data = dict(raw.get("data") or {})
+    encoder.setdefault("input_size", data.get("size", DataConfig().size))
+    raw["encoder"] = encoder
+    recipe = from_dict(Recipe, raw)
+    if recipe.encoder.input_size != recipe.data.size:
+        raise ConfigError(
+            f"encoder.input_size ({recipe.encoder.input_size}) differs from data.size "
+            f"({recipe.data.size}); drop encoder.input_size or make them equal"
+        )
+    if recipe.encoder.in_chans != recipe.data.channels:
+        raise ConfigError(
+            f"encoder.in_chans ({recipe.encoder.in_chans}) differs from data.channels "
+            f"({recipe.data.channels}); make them equal"
+        )
+    check_task_section(recipe.task)
+    return recipe
+
+
+def check_task_section(section: dict) -> None:
+    section = dict(section or {})
+    name = section.pop("name", None)
+    if name is None:
+        raise ConfigError("task.name is missing (e.g. task: {name: rotation})")
+    from_dict(task_class(name).Config, section, path="task")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    raw = apply_overrides(load_yaml(path), overrides)
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown recipe section(s) {unknown}; sections are {', '.join(SECTIONS)}")
+    return recipe_from_dict(raw)
+
+
+def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    return recipe_from_dict(apply_overrides(recipe.to_dict(), overrides)) if overrides else recipe
+
+
+__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "with_overrides", "replace"]

@@ -1,0 +1,58 @@
+"""Rotation prediction (Gidaris, Singh, Komodakis, ICLR 2018).
+
+Every image appears in all four rotations in the same batch ("we found it beneficial to
+feed all four rotated copies of an image simultaneously", sec. 2.2); label k is
+``torch.rot90(x, k, (2, 3))``, i.e. k x 90 degrees counter-clockwise. A 4-way head on
+the pooled last-stage feature; cross-entropy. Random resized crop and flip happen in
+the loader before rotating; no colour augmentation (as in the paper's code).
+
+Legend: B images, 4B rotated inputs, C channels, H = W size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from convssl.data.normalize import normalize
+from convssl.heads.classifier import classifier_head
+
+
+def rotate_all(x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four rotations, grouped by k: returns ``x_4BCHW`` and labels ``y_4B``."""
+    if x_BCHW.shape[-1] != x_BCHW.shape[-2]:
+        raise ValueError(f"rotation needs square inputs, got {tuple(x_BCHW.shape[-2:])}")
+    rotated = torch.cat([torch.rot90(x_BCHW, k, (2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=x_BCHW.device).repeat_interleave(x_BCHW.shape[0])
+    return rotated, labels
+
+
+class RotationPrediction(nn.Module):
+    """Predict which of 0/90/180/270 degrees an image was rotated by."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """head: 'linear' or 'mlp' on the pooled feature; hidden: the MLP's width."""
+
+        head: Literal["linear", "mlp"] = "mlp"
+        hidden: int = 512
+
+    def __init__(self, encoder, cfg: "RotationPrediction.Config", data):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.mean, self.std = data.mean, data.std
+        self.head = classifier_head(encoder.feature_dim, 4, cfg.head, cfg.hidden)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        x_BCHW = normalize(batch["img"], self.mean, self.std)
+        x_4BCHW, y_4B = rotate_all(x_BCHW)
+        feats = self.encoder(x_4BCHW)
+        logits = self.head(F.adaptive_avg_pool2d(feats[-1], 1).flatten(1))
+        loss = F.cross_entropy(logits.float(), y_4B)
+        acc = (logits.argmax(1) == y_4B).float().mean()
+        return {"loss": loss, "acc": acc.detach()}

@@ -1,0 +1,385 @@
+"""The pretraining loop, readable top to bottom (nanoGPT's order):
+batch -> task -> backward -> clip -> step -> after_step -> log -> checkpoint.
+
+One process, or one per device under ``torchrun`` (DDP: NCCL on GPU, gloo on CPU).
+The global batch ``data.batch_size`` is split over ranks; the learning rate is scaled
+once, here, from ``optim.lr_per_256``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+import yaml
+
+from convssl import __version__
+from convssl import dist as cdist
+from convssl.encoders import build_encoder
+from convssl.errors import ConfigError, ConvsslError
+from convssl.recipe import Recipe, recipe_from_dict
+from convssl.registry import build_task
+from convssl.train import checkpoint as ckpt_io
+from convssl.train.optim import build_optimizer
+from convssl.train.progress import Progress
+from convssl.train.run_log import RunLog
+from convssl.train.schedule import cosine, warmup_cosine
+from convssl.train.state import rng_state, seed_all, set_rng_state
+
+# Keys a resumed run may change (how long and how often); anything else must match.
+RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.ckpt_every", "train.log_every",
+                     "train.image_every", "train.keep_checkpoints", "data.workers"}
+
+
+@dataclass
+class Plan:
+    """Sizes derived once from the recipe, the data and the world size."""
+
+    global_batch: int
+    per_rank_batch: int
+    num_samples: int | None
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    extra: dict = field(default_factory=dict)
+
+
+def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False,
+             device: str | None = None, batches=None, progress: bool = True) -> dict:
+    """Pretrain ``recipe`` on shards ``data`` into run directory ``out``.
+
+    ``batches`` (an iterator of batch dicts) replaces the shard loader; tests use it to
+    give every world size the same global batches.
+    Returns a summary: steps, final metrics, images/s, seconds, last checkpoint.
+    """
+    dev = torch.device(device or (f"cuda:{cdist.from_env().local_rank}" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    info = cdist.init(dev)
+    run_dir = Path(out)
+    ckpt_dir = run_dir / "checkpoints"
+    state = _resume_state(recipe, ckpt_dir) if resume else None
+    if state is None and ckpt_io.latest(ckpt_dir) is not None:
+        raise ConvsslError(f"{str(run_dir)!r} already holds checkpoints; pass --resume to continue "
+                           "that run, or choose another --out")
+    if state is not None:
+        recipe = _merge_resumed_recipe(state, recipe)
+
+    seed_all(recipe.train.seed)
+    encoder = build_encoder(recipe.encoder)
+    task = build_task(recipe.task, encoder, recipe.data)
+    if info.enabled and dev.type == "cuda" and recipe.train.sync_bn:
+        task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
+    task.to(dev)
+    if recipe.train.channels_last:
+        task.to(memory_format=torch.channels_last)
+
+    urls, manifest = (None, None) if batches is not None else _resolve(data)
+    plan = make_plan(recipe, manifest, info.world_size)
+    optimizer = build_optimizer(task, recipe.optim, plan.peak_lr)
+    amp_dtype = _amp_dtype(recipe.train.precision, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
+    step = 0
+    if state is not None:
+        task.load_state_dict(state["task"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step = state["step"]
+
+    if batches is None:
+        batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step)
+    # RNG last: starting the loader (iter draws a base seed) must not shift the random
+    # stream of a resumed run against the uninterrupted one.
+    batches = iter(batches)
+    torch.manual_seed(recipe.train.seed * 1009 + info.rank)
+    if state is not None:
+        set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
+
+    model = task
+    if info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if recipe.train.compile:
+        model = torch.compile(model)
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir, recipe, data, info, plan)
+    log = RunLog(run_dir) if info.is_main else None
+    bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
+    summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
+                    dev, step, ckpt_dir, data, log, bar)
+    bar.close()
+    if log:
+        log.close()
+    cdist.barrier()
+    return summary
+
+
+def make_plan(recipe: Recipe, manifest, world_size: int) -> Plan:
+    g = recipe.data.batch_size
+    if g % world_size:
+        raise ConfigError(f"data.batch_size {g} is not divisible by the {world_size} processes; "
+                          f"use a multiple of {world_size}")
+    n = manifest.count if manifest is not None else None
+    if n is not None and n < g:
+        raise ConfigError(f"the data has {n} samples, fewer than one batch (data.batch_size={g}); "
+                          "lower data.batch_size")
+    steps_per_epoch = max(1, n // g) if n else 0
+    if recipe.train.max_steps > 0:
+        total = recipe.train.max_steps
+    elif steps_per_epoch:
+        total = max(1, math.ceil(recipe.train.epochs * steps_per_epoch))
+    else:
+        raise ConfigError("the shards have no manifest with a sample count: give train.max_steps (--max-steps)")
+    spe = steps_per_epoch or total
+    return Plan(global_batch=g, per_rank_batch=g // world_size, num_samples=n, steps_per_epoch=spe,
+                total_steps=total, warmup_steps=round(recipe.optim.warmup_epochs * spe),
+                peak_lr=recipe.optim.lr_per_256 * g / 256)
+
+
+def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info, dev, step,
+          ckpt_dir, data_spec, log, bar) -> dict:
+    cfg, ocfg = recipe.train, recipe.optim
+    final_lr = plan.peak_lr * ocfg.min_lr_ratio
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    stop = _GracefulStop()
+    window = {"n": 0, "t": time.perf_counter(), "wait": 0.0, "sums": {}}
+    bad = torch.zeros((), dtype=torch.bool, device=dev)
+    last_ckpt, last_scalars, t_start, start_step = None, {}, time.perf_counter(), step
+    it = batches
+    try:
+        with stop:
+            while step < plan.total_steps:
+                t0 = time.perf_counter()
+                batch = _to_device(next(it), dev, recipe.train.channels_last)
+                window["wait"] += time.perf_counter() - t0
+
+                lr = warmup_cosine(step, plan.total_steps, plan.peak_lr, plan.warmup_steps, final_lr)
+                wd = ocfg.weight_decay if ocfg.weight_decay_end is None else cosine(
+                    step, plan.total_steps, ocfg.weight_decay, ocfg.weight_decay_end)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                    if group["adapt"]:  # weights; biases and norms keep weight decay 0
+                        group["weight_decay"] = wd
+
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = model(batch)
+                loss = out["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if ocfg.clip_grad > 0:
+                    scaler.unscale_(optimizer)
+                    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                if hasattr(task, "after_step"):
+                    task.after_step(step, plan.total_steps)
+                step += 1
+
+                bad |= ~torch.isfinite(loss.detach())
+                for k, v in out.items():
+                    if torch.is_tensor(v) and v.numel() == 1:
+                        window["sums"][k] = window["sums"].get(k, 0.0) + v.detach().float()
+                window["n"] += 1
+                if step % max(1, cfg.log_every) == 0 or step == plan.total_steps:
+                    _check_finite(bad, step, ckpt_dir)
+                    last_scalars = _log(window, step, lr, wd, plan, info, log, bar)
+                if cfg.image_every and step % cfg.image_every == 0 and info.is_main and hasattr(task, "pictures"):
+                    with torch.no_grad():
+                        log.picture(step, task.pictures(batch))
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == plan.total_steps:
+                    _check_finite(bad, step, ckpt_dir)
+                    last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
+    except KeyboardInterrupt:
+        if step > start_step and not bool(bad):
+            last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
+            raise ConvsslError(f"interrupted at step {step}; checkpoint saved to {last_ckpt}; "
+                               "continue with the same command plus --resume") from None
+        raise ConvsslError(f"interrupted at step {step}; nothing new to save") from None
+    seconds = time.perf_counter() - t_start
+    done = step - start_step
+    return {"steps": step, "metrics": last_scalars, "seconds": seconds,
+            "img_per_s": done * plan.global_batch / seconds if seconds > 0 else 0.0,
+            "checkpoint": str(last_ckpt) if last_ckpt else None}
+
+
+def _log(window, step, lr, wd, plan, info, log, bar) -> dict:
+    now = time.perf_counter()
+    elapsed = now - window["t"]
+    scalars = {k: float(cdist.all_reduce_mean(v / window["n"])) for k, v in sorted(window["sums"].items())}
+    img_s = window["n"] * plan.global_batch / max(elapsed, 1e-9)
+    share = window["wait"] / max(elapsed, 1e-9)
+    if log:
+        log.scalars(step, {**scalars, "lr": lr, "wd": wd, "epoch": step / plan.steps_per_epoch,
+                           "img_per_s": img_s, "data_wait": share})
+    bar.update(step, {k: v for k, v in scalars.items() if k in ("loss", "acc")}, img_s, share)
+    window.update(n=0, t=now, wait=0.0, sums={})
+    return scalars
+
+
+def _check_finite(bad, step, ckpt_dir) -> None:
+    bad = bad.clone()
+    if cdist.is_enabled():
+        tdist.all_reduce(bad.int(), op=tdist.ReduceOp.MAX)
+    if bool(bad):
+        last = ckpt_io.latest(ckpt_dir)
+        raise ConvsslError(
+            f"the loss became NaN or infinite by step {step}; no checkpoint was written after it. "
+            + (f"The last good checkpoint is {last}; " if last else "")
+            + "lower optim.lr_per_256, set optim.clip_grad (e.g. 3.0) or use train.precision=fp32, then "
+            + ("--resume" if last else "start again")
+        )
+
+
+def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
+    rng = rng_state()
+    if info.enabled:
+        gathered = [None] * info.world_size
+        tdist.all_gather_object(gathered, rng)
+        rng = gathered
+    path = ckpt_io.step_path(ckpt_dir, step)
+    if info.is_main:
+        encoder = getattr(task, "trainable_encoder", task.encoder)
+        ckpt_io.save_atomic({
+            "format": ckpt_io.FORMAT,
+            "step": step,
+            "epoch": step / plan.steps_per_epoch,
+            "data": {"per_rank_batches": step, "per_rank_batch": plan.per_rank_batch,
+                     "world_size": info.world_size},
+            "config": recipe.to_dict(),
+            "encoder": {k: v.detach().cpu() for k, v in encoder.backbone_state_dict().items()},
+            "task": task.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng,
+            "versions": _versions(),
+        }, path)
+        _prune(ckpt_dir, recipe.train.keep_checkpoints)
+    cdist.barrier()
+    return path
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    found = sorted(ckpt_dir.glob("step-*.pt"))
+    for old in found[: max(0, len(found) - max(1, keep))]:
+        old.unlink()
+
+
+def _resume_state(recipe: Recipe, ckpt_dir: Path) -> dict | None:
+    path = ckpt_io.latest(ckpt_dir)
+    if path is None:
+        raise ConvsslError(f"--resume: no checkpoint in {str(ckpt_dir)!r}; start without --resume")
+    return ckpt_io.load(path)
+
+
+def _merge_resumed_recipe(state: dict, recipe: Recipe) -> Recipe:
+    saved = recipe_from_dict(state["config"])
+    mine, theirs = _flat(recipe.to_dict()), _flat(saved.to_dict())
+    changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        raise ConfigError(
+            "--resume with a recipe that differs from the checkpoint's in: "
+            + ", ".join(f"{k} ({theirs.get(k)!r} -> {mine.get(k)!r})" for k in refused[:8])
+            + f". Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume."
+        )
+    return recipe
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key != "encoder.kwargs":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _resolve(spec: str):
+    from convssl.data.urls import resolve_shards
+
+    return resolve_shards(spec)
+
+
+def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int):
+    from convssl.data.crops import RandomResizedCrop
+    from convssl.data.reader import ShardDataset, make_loader
+
+    d = recipe.data
+    transform = RandomResizedCrop(d.size, scale=d.scale, ratio=d.ratio, flip=d.flip, views=d.views)
+    dataset = ShardDataset(
+        urls, transform=transform, channels=d.channels, labeled=False,
+        shuffle_buffer=d.shuffle_buffer, seed=recipe.train.seed, rank=info.rank,
+        world_size=info.world_size, infinite=True, start_batches=start_batches,
+        batch_size=plan.per_rank_batch, max_corrupt_fraction=d.max_corrupt_fraction, manifest=manifest,
+    )
+    return make_loader(dataset, batch_size=plan.per_rank_batch, num_workers=d.workers)
+
+
+def _to_device(batch: dict, dev: torch.device, channels_last: bool) -> dict:
+    def move(x):
+        if torch.is_tensor(x):
+            x = x.to(dev, non_blocking=True)
+            return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+        if isinstance(x, (list, tuple)) and x and torch.is_tensor(x[0]):
+            return [move(v) for v in x]
+        return x
+    return {k: move(v) for k, v in batch.items()}
+
+
+def _amp_dtype(precision: str, dev: torch.device):
+    if precision == "fp32" or (precision == "auto" and dev.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _write_config(run_dir: Path, recipe: Recipe, data: str, info, plan: Plan) -> None:
+    doc = recipe.to_dict()
+    doc["run"] = {"data": data, "world_size": info.world_size, "global_batch": plan.global_batch,
+                  "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+                  "peak_lr": plan.peak_lr, "num_samples": plan.num_samples, **_versions()}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _versions() -> dict:
+    import torchvision
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    return {"convssl": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "git": rev}
+
+
+class _GracefulStop(contextlib.AbstractContextManager):
+    """Turns SIGTERM (a scheduler's kill) into KeyboardInterrupt so a checkpoint is saved."""
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False

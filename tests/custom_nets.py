@@ -1,0 +1,32 @@
+"""Small user-style models for encoder tests (importable as ``custom_nets:NAME``)."""
+
+import torch.nn as nn
+
+
+def small_convnet(in_chans: int = 3, num_classes: int = 10) -> nn.Sequential:
+    """A plain Sequential convnet with its head inside the same Sequential."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),   # 0-2: 1x
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),  # 3-5: 2x
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),        # 6-8: 2x
+        nn.MaxPool2d(2),                                                        # 9: 4x
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),        # 10-12: 4x
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),      # 13-15: head
+    )
+
+
+class TwoPath(nn.Module):
+    """A model whose forward is not a chain of its children (a skip across stages)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+        self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        a = self.a(x)
+        b = self.b(a) + nn.functional.avg_pool2d(a, 2).repeat(1, 2, 1, 1)
+        return self.fc(self.pool(self.c(b)).flatten(1))
