@@ -302,3 +302,26 @@ def test_cross_rank_sparse_bn_equals_one_process(tmp_path):
     torch.testing.assert_close(result[0][1], enc.model[1].running_mean)
     # per-rank gradients summed (what DDP's average does, times world size) == one-process gradient
     torch.testing.assert_close(result[0][2] + result[1][2], enc.model[0].weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_channels_first_layernorm2d_like_timms():
+    class LayerNorm2d(nn.LayerNorm):  # timm's: normalise over channels of a [B, C, h, w] map
+        def forward(self, x):
+            return nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
+                                            self.bias, self.eps).permute(0, 3, 1, 2)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), LayerNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1))
+    nn.init.normal_(model[1].bias)  # so that a missed re-mask would show
+    ref = copy.deepcopy(model)
+    enc = SparseEncoder.from_encoder(Encoder(model, input_size=16))
+    x = torch.randn(2, 3, 16, 16)
+    for w, g in zip(run(Encoder(ref, input_size=16), x, None), run(enc, x, torch.ones(2, 1, 4, 4, dtype=torch.bool))):
+        torch.testing.assert_close(g, w)
+    mask = random_patch_mask(2, (4, 4), 0.5)
+    got = {}
+    enc.model[1].register_forward_hook(lambda mod, i, o: got.setdefault("y", o))
+    run(enc, x, mask)
+    m = upsample_mask(mask, (16, 16))
+    want = ref[1](ref[0](x * m)) * m  # per position over channels, masked positions 0
+    torch.testing.assert_close(got["y"], want)

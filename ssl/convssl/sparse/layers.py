@@ -31,11 +31,11 @@ class SparseLayer:
     sparse_channels_last: bool = False
 
     def _mask_output(self, y: torch.Tensor) -> torch.Tensor:
-        return self.sparse_ctx.apply(y, self.sparse_channels_last, self._where())
+        return self.sparse_ctx.apply(y, self.sparse_channels_last, self._where)
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor | None:
         hw = x.shape[1:3] if self.sparse_channels_last else x.shape[-2:]
-        return self.sparse_ctx.at(hw, torch.bool, self._where())
+        return self.sparse_ctx.at(hw, torch.bool, self._where)
 
     def _where(self) -> str:
         return f"{self.sparse_name or '?'} ({dense_class(type(self)).__name__})"
@@ -185,7 +185,11 @@ def sparse_class(mixin: type, dense_cls: type) -> type:
     if key in _NAMED:
         return _NAMED[key]
     if key not in _MADE:
-        _MADE[key] = type(f"Sparse{dense_cls.__name__}", (mixin, dense_cls), {"__module__": __name__})
+        name = f"Sparse{dense_cls.__name__}"
+        while name in globals():  # e.g. torchvision's and timm's LayerNorm2d
+            name += "_"
+        cls = type(name, (mixin, dense_cls), {"__module__": __name__, "__qualname__": name})
+        globals()[name] = _MADE[key] = cls  # importable by name, so whole-module pickling works
     return _MADE[key]
 
 

@@ -111,9 +111,10 @@ class MaskContext:
             self.mask_B1hw = None
             self._cache = {}
 
-    def at(self, hw: tuple[int, int], dtype: torch.dtype = torch.bool, where: str = "") -> torch.Tensor | None:
+    def at(self, hw: tuple[int, int], dtype: torch.dtype = torch.bool, where=None) -> torch.Tensor | None:
         """Mask [B, 1, h, w] for a map of size ``hw``; ``None`` for a 1x1 global vector (a pooled
-        squeeze-excitation input), which is not a map and needs no mask."""
+        squeeze-excitation input), which is not a map and needs no mask. ``where``: a string or a
+        function returning one, naming the layer in errors."""
         hw = tuple(hw)
         key = (hw, dtype)
         if key not in self._cache:
@@ -123,7 +124,7 @@ class MaskContext:
             else:
                 if hw[0] % grid[0] or hw[1] % grid[1]:
                     raise EncoderError(
-                        f"{where or 'a layer'} produced a {hw[0]}x{hw[1]} map, not a whole multiple of "
+                        f"{(where() if callable(where) else where) or 'a layer'} produced a {hw[0]}x{hw[1]} map, not a whole multiple of "
                         f"the {grid[0]}x{grid[1]} patch grid; SparK needs 'same'-padded layers whose "
                         "maps halve exactly (input size a multiple of the total reduction)"
                     )
@@ -131,7 +132,7 @@ class MaskContext:
                 self._cache[key] = m if dtype == torch.bool else m.to(dtype)
         return self._cache[key]
 
-    def apply(self, x: torch.Tensor, channels_last: bool = False, where: str = "") -> torch.Tensor:
+    def apply(self, x: torch.Tensor, channels_last: bool = False, where=None) -> torch.Tensor:
         """``x`` with masked positions set to 0 ([B, C, h, w], or [B, h, w, C] if channels_last)."""
         hw = x.shape[1:3] if channels_last else x.shape[-2:]
         m = self.at(hw, x.dtype, where)

@@ -271,7 +271,8 @@ class SparK(nn.Module):
     def pictures(self, batch: dict, max_images: int = 8) -> torch.Tensor:
         """Input, masked input, reconstruction, reconstruction + visible patches: [3, H', W'].
 
-        Runs in the current mode on a fixed mask; buffers (BN running statistics) are restored.
+        Runs in eval mode (running BN statistics) on a fixed mask: no buffer changes, and no
+        cross-rank reduction, since the trainer calls this on the main rank only.
         """
         from torchvision.utils import make_grid
 
@@ -279,11 +280,13 @@ class SparK(nn.Module):
         img = img[:max_images]
         gen = torch.Generator().manual_seed(0)
         mask = self.make_mask(img.shape[0], generator=gen).to(img.device)
-        saved = {n: b.detach().clone() for n, b in self.named_buffers()}
-        x, mask = self._inputs({"img": img, "mask": mask})
-        pred = self.reconstruct(x, mask)
-        for n, b in self.named_buffers():
-            b.copy_(saved[n])
+        was_training = self.training
+        self.eval()
+        try:
+            x, mask = self._inputs({"img": img, "mask": mask})
+            pred = self.reconstruct(x, mask)
+        finally:
+            self.train(was_training)
 
         p = self.patch_size
         _, mean, std = patch_targets(x, p)
