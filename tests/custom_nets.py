@@ -30,3 +30,15 @@ class TwoPath(nn.Module):
         a = self.a(x)
         b = self.b(a) + nn.functional.avg_pool2d(a, 2).repeat(1, 2, 1, 1)
         return self.fc(self.pool(self.c(b)).flatten(1))
+
+
+def gn_convnet(in_chans: int = 1, width: int = 16) -> nn.Sequential:
+    """A small convnet with GroupNorm: its loss does not depend on how a batch is split
+    over ranks (BatchNorm's would), so one process and two ranks can be compared."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(4, 2 * width), nn.ReLU(),
+        nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.GroupNorm(4, 4 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 10),
+    )

@@ -124,6 +124,8 @@ def test_image_folder_labels_and_channels(image_folder_tree: Path, tmp_path: Pat
         assert np.array_equal(sample["img"].permute(1, 2, 0).numpy(), expected)
     gray = _read_all(str(tmp_path / "out"), channels=1)
     assert all(s["img"].shape[0] == 1 for s in gray)
+    with pytest.raises(DataError, match="cannot batch 'img'"):  # sizes differ: a crop is needed
+        next(iter(make_loader(ShardDataset(str(tmp_path / "out")), batch_size=12, num_workers=0)))
 
 
 def test_parallel_writers_write_the_same_samples(photo_folder: Path, tmp_path: Path):
@@ -340,3 +342,19 @@ def test_shards_command(image_folder_tree: Path, tmp_path: Path, capsys):
     assert shards_command.run(args) == 0
     assert "3 shards, 12 samples (3 classes)" in capsys.readouterr().out
     assert read_manifest(tmp_path / "out").classes == ("ant", "mole", "zebra")
+
+
+@pytest.mark.parametrize("tar_format, mode", [(tarfile.PAX_FORMAT, "w"), (tarfile.GNU_FORMAT, "w:gz")])
+def test_tar_stream_matches_tarfile(tmp_path: Path, tar_format: int, mode: str):
+    from convssl.data.tar_stream import iter_tar_samples
+
+    names = ["a.png", "a.cls", "dir/b.seg.png", "long" * 40 + "/name" * 20 + ".jpg", "ü/ñ.png"]
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, mode, format=tar_format) as tar:
+        for i, name in enumerate(names):
+            info = tarfile.TarInfo(name)
+            info.size = 300 * i
+            tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    assert [(f"{key}.{ext}", data) for key, members in iter_tar_samples(path) for ext, data in members.items()] == expected

@@ -17,6 +17,7 @@ COMMANDS = {
     "probe": "linear-probe and kNN-evaluate a frozen encoder on labeled shards",
     "export": "export a pretrained backbone for torchvision / timm / plain PyTorch",
     "info": "show an encoder's stages, channels, reductions and parameter count",
+    "quickstart": "pretrain on the embedded sample, probe, and compare with random init",
 }
 
 

@@ -106,3 +106,22 @@ def resize(img_CHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
         return img_CHW
     img_1CHW = img_CHW.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     return F.interpolate(img_1CHW, size=size_hw, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+class CropThenAugment:
+    """Crops (one view or several), then ``augment`` on each uint8 view, in the worker.
+
+    ``augment`` may be a torchvision transform drawing from torch's global RNG: it is
+    seeded from the sample's own generator first, so each sample's augmentation is fixed
+    by (seed, epoch, position) and a resumed run reproduces it.
+    """
+
+    def __init__(self, crop, augment):
+        self.crop, self.augment = crop, augment
+
+    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator):
+        views = self.crop(img_CHW, generator)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        if isinstance(views, list):
+            return [self.augment(v) for v in views]
+        return self.augment(views)

@@ -19,6 +19,8 @@ Legend: C channels, H height, W width, B batch.
 
 from __future__ import annotations
 
+import signal
+
 import hashlib
 import io
 import random
@@ -149,12 +151,6 @@ class ShardDataset(IterableDataset):
         """Read epoch ``epoch`` on the next pass (seen by persistent workers too)."""
         self._epoch_shared[0] = epoch
 
-    def __len__(self) -> int:
-        """Samples in one epoch over all units (needs the manifest)."""
-        if self.manifest is None:
-            raise TypeError("the length of a ShardDataset is known only with a manifest")
-        return self.manifest.count
-
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         num_workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
@@ -170,7 +166,7 @@ class ShardDataset(IterableDataset):
         unit = self.rank * num_workers + role
         while True:
             epoch_count = self._unit_epoch_count(epoch, unit, units)
-            if to_skip and epoch_count is not None and to_skip >= epoch_count and self.infinite:
+            if self.infinite and to_skip and epoch_count and to_skip >= epoch_count:
                 to_skip -= epoch_count  # the whole epoch was consumed before: skip it unread
             else:
                 raw_seen = 0
@@ -314,14 +310,32 @@ def collate_samples(samples: list[dict]) -> dict:
     for name, first in samples[0].items():
         values = [sample[name] for sample in samples]
         if isinstance(first, torch.Tensor):
-            batch[name] = torch.stack(values)
+            batch[name] = _stack(values, name)
         elif isinstance(first, (list, tuple)):
-            batch[name] = [torch.stack(views) for views in zip(*values)]
+            batch[name] = [_stack(list(views), name) for views in zip(*values)]
         elif isinstance(first, int):
             batch[name] = torch.tensor(values, dtype=torch.int64)
         else:
             batch[name] = values
     return batch
+
+
+def _stack(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise DataError(
+            f"cannot batch {name!r}: samples have shapes {sorted(shapes)[:4]}; give the dataset a crop "
+            "transform (e.g. convssl.data.crops.RandomResizedCrop) and channels=1 or 3"
+        )
+    return torch.stack(tensors)
+
+
+def _leave_signals_to_main(_worker_id: int) -> None:
+    """Workers ignore SIGINT/SIGTERM sent to the whole process group (Ctrl-C, timeout,
+    a cluster scheduler): the main process then saves a checkpoint and shuts them down.
+    A worker whose parent dies still exits (DataLoader's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(
@@ -346,6 +360,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
+        worker_init_fn=_leave_signals_to_main,
         collate_fn=collate_samples,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,

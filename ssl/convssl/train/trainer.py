@@ -53,11 +53,14 @@ class Plan:
 
 
 def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False,
-             device: str | None = None, batches=None, progress: bool = True) -> dict:
+             device: str | None = None, batches=None, progress: bool = True,
+             stop_after: int | None = None) -> dict:
     """Pretrain ``recipe`` on shards ``data`` into run directory ``out``.
 
     ``batches`` (an iterator of batch dicts) replaces the shard loader; tests use it to
-    give every world size the same global batches.
+    give every world size the same global batches. ``stop_after`` ends this invocation
+    after that many steps with a checkpoint, the schedule unchanged (time-limited jobs
+    continue with ``resume=True``).
     Returns a summary: steps, final metrics, images/s, seconds, last checkpoint.
     """
     dev = torch.device(device or (f"cuda:{cdist.from_env().local_rank}" if torch.cuda.is_available() else "cpu"))
@@ -95,7 +98,9 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         step = state["step"]
 
     if batches is None:
-        batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step)
+        worker_augment = task.worker_transform() if hasattr(task, "worker_transform") else None
+        batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step,
+                                 worker_augment=worker_augment)
     # RNG last: starting the loader (iter draws a base seed) must not shift the random
     # stream of a resumed run against the uninterrupted one.
     batches = iter(batches)
@@ -114,8 +119,9 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         _write_config(run_dir, recipe, data, info, plan)
     log = RunLog(run_dir) if info.is_main else None
     bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
+    end = plan.total_steps if stop_after is None else min(plan.total_steps, step + stop_after)
     summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
-                    dev, step, ckpt_dir, data, log, bar)
+                    dev, step, end, ckpt_dir, log, bar)
     bar.close()
     if log:
         log.close()
@@ -146,7 +152,7 @@ def make_plan(recipe: Recipe, manifest, world_size: int) -> Plan:
 
 
 def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info, dev, step,
-          ckpt_dir, data_spec, log, bar) -> dict:
+          end, ckpt_dir, log, bar) -> dict:
     cfg, ocfg = recipe.train, recipe.optim
     final_lr = plan.peak_lr * ocfg.min_lr_ratio
     trainable = [p for p in task.parameters() if p.requires_grad]
@@ -157,7 +163,7 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
     it = batches
     try:
         with stop:
-            while step < plan.total_steps:
+            while step < end:
                 t0 = time.perf_counter()
                 batch = _to_device(next(it), dev, recipe.train.channels_last)
                 window["wait"] += time.perf_counter() - t0
@@ -189,13 +195,13 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
                     if torch.is_tensor(v) and v.numel() == 1:
                         window["sums"][k] = window["sums"].get(k, 0.0) + v.detach().float()
                 window["n"] += 1
-                if step % max(1, cfg.log_every) == 0 or step == plan.total_steps:
+                if step % max(1, cfg.log_every) == 0 or step == end:
                     _check_finite(bad, step, ckpt_dir)
                     last_scalars = _log(window, step, lr, wd, plan, info, log, bar)
                 if cfg.image_every and step % cfg.image_every == 0 and info.is_main and hasattr(task, "pictures"):
                     with torch.no_grad():
                         log.picture(step, task.pictures(batch))
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == plan.total_steps:
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end:
                     _check_finite(bad, step, ckpt_dir)
                     last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
     except KeyboardInterrupt:
@@ -311,12 +317,16 @@ def _resolve(spec: str):
     return resolve_shards(spec)
 
 
-def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int):
-    from convssl.data.crops import RandomResizedCrop
+def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int, worker_augment=None):
+    """The rank's infinite loader: crops (and the task's worker-side augmentation, if any)
+    run in the workers; ``start_batches`` resumes the data position."""
+    from convssl.data.crops import CropThenAugment, RandomResizedCrop
     from convssl.data.reader import ShardDataset, make_loader
 
     d = recipe.data
     transform = RandomResizedCrop(d.size, scale=d.scale, ratio=d.ratio, flip=d.flip, views=d.views)
+    if worker_augment is not None:
+        transform = CropThenAugment(transform, worker_augment)
     dataset = ShardDataset(
         urls, transform=transform, channels=d.channels, labeled=False,
         shuffle_buffer=d.shuffle_buffer, seed=recipe.train.seed, rank=info.rank,
@@ -361,7 +371,7 @@ def _versions() -> dict:
                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         rev = None
-    return {"convssl": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"convssl": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "git": rev}
 
 

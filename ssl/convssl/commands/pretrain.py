@@ -1,0 +1,41 @@
+"""``convssl pretrain --recipe R.yaml --data SHARDS --out RUN``; under torchrun for DDP."""
+
+from __future__ import annotations
+
+from convssl.recipe import load_recipe
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--recipe", required=True, help="a recipe YAML (see recipes/)")
+    parser.add_argument("--data", required=True, help="shard folder, manifest.json or brace pattern")
+    parser.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    parser.add_argument("--epochs", type=float, default=None, help="train this many epochs")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="end this invocation after N steps with a checkpoint (schedule unchanged); continue with --resume")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set optim.lr_per_256=0.2 (repeatable)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def run(args) -> int:
+    from convssl.train.trainer import pretrain
+
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.epochs is not None:
+        overrides += [f"train.epochs={args.epochs}", "train.max_steps=0"] if args.max_steps is None else [f"train.epochs={args.epochs}"]
+    recipe = load_recipe(args.recipe, overrides)
+    summary = pretrain(recipe, args.data, args.out, resume=args.resume, device=args.device,
+                       progress=not args.quiet, stop_after=args.stop_after)
+    from convssl import dist
+
+    if dist.rank() == 0:
+        metrics = "  ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
+        print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s, "
+              f"{summary['img_per_s']:.1f} img/s; {metrics}")
+        print(f"checkpoint: {summary['checkpoint']}")
+    return 0

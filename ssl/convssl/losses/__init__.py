@@ -1,0 +1,1 @@
+"""Losses: small standalone functions composed by tasks (no state, no base class)."""

@@ -1,0 +1,146 @@
+"""The trainer: DDP equals one process, resume equals an uninterrupted run, bad input fails clearly."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from convssl.errors import ConfigError, ConvsslError
+from convssl.recipe import load_recipe, recipe_from_dict
+from convssl.train import checkpoint as ckpt_io
+from convssl.train.trainer import pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "dist_scripts" / "train_fixed_batches.py"
+UNLABELED = str(ROOT / "data" / "fmnist" / "unlabeled")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "ssl"), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
+
+
+def final_task_weights(run: Path) -> dict:
+    return ckpt_io.load(ckpt_io.latest(run / "checkpoints"))["task"]
+
+
+def test_two_torchrun_ranks_equal_one_process(tmp_path):
+    steps, batch = 3, 16
+    single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), str(steps), str(batch)],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", "29531", str(SCRIPT), str(tmp_path / "two"), str(steps), str(batch)]
+    ddp = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = final_task_weights(tmp_path / "one"), final_task_weights(tmp_path / "two")
+    assert set(one) == set(two)
+    start = recipe_weights_at_init()
+    moved = max((one[k] - start[k]).abs().max().item() for k in one if k in start)
+    assert moved > 1e-3, "training changed the weights"
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    lines = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == steps and all("loss" in l for l in lines)
+
+
+def recipe_weights_at_init() -> dict:
+    sys.path.insert(0, str(ROOT / "tests" / "dist_scripts"))
+    from train_fixed_batches import recipe  # noqa: E402
+
+    from convssl.encoders import build_encoder
+    from convssl.registry import build_task
+    from convssl.train.state import seed_all
+
+    r = recipe(1, 16)
+    seed_all(r.train.seed)
+    return build_task(r.task, build_encoder(r.encoder), r.data).state_dict()
+
+
+def small_recipe(**train):
+    return recipe_from_dict({
+        "encoder": {"spec": "custom_nets:small_convnet", "in_chans": 1},
+        "data": {"size": 16, "channels": 1, "mean": [0.286], "std": [0.353], "batch_size": 8,
+                 "workers": 2, "shuffle_buffer": 64, "scale": [0.3, 1.0]},
+        "task": {"name": "rotation", "head": "mlp", "hidden": 32},
+        "optim": {"name": "lars", "lr_per_256": 1.0, "warmup_epochs": 0, "clip_grad": 5.0},
+        "train": {"seed": 1, "log_every": 2, "ckpt_every": 4, "channels_last": True, **train},
+    })
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    straight = pretrain(small_recipe(max_steps=8), UNLABELED, tmp_path / "straight", progress=False)
+    assert straight["steps"] == 8
+    pretrain(small_recipe(max_steps=8), UNLABELED, tmp_path / "split", progress=False, stop_after=4)
+    assert ckpt_io.load(tmp_path / "split")["step"] == 4
+    resumed = pretrain(small_recipe(max_steps=8), UNLABELED, tmp_path / "split", resume=True, progress=False)
+    assert resumed["steps"] == 8
+    a, b = final_task_weights(tmp_path / "straight"), final_task_weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    ck = ckpt_io.load(tmp_path / "split")
+    assert ck["step"] == 8 and ck["data"]["per_rank_batches"] == 8
+    # the backbone is stored under the original model's keys, equal to the task's copy
+    assert ck["encoder"] and {f"encoder.model.{k}" for k in ck["encoder"]} == {k for k in ck["task"] if k.startswith("encoder.model.")}
+    for k, v in ck["encoder"].items():
+        assert torch.equal(v, ck["task"][f"encoder.model.{k}"])
+    for name in ("config.yaml", "metrics.jsonl"):
+        assert (tmp_path / "split" / name).is_file()
+    assert list((tmp_path / "split" / "tensorboard").iterdir())
+
+
+def test_existing_run_needs_resume_and_matching_recipe(tmp_path):
+    pretrain(small_recipe(max_steps=2), UNLABELED, tmp_path / "run", progress=False)
+    with pytest.raises(ConvsslError, match="--resume"):
+        pretrain(small_recipe(max_steps=2), UNLABELED, tmp_path / "run", progress=False)
+    changed = recipe_from_dict({**small_recipe(max_steps=4).to_dict(), "optim": {"name": "sgd"}})
+    with pytest.raises(ConfigError, match="optim.name"):
+        pretrain(changed, UNLABELED, tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(ConvsslError, match="no checkpoint"):
+        pretrain(small_recipe(max_steps=2), UNLABELED, tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    recipe = recipe_from_dict({**small_recipe(max_steps=6).to_dict(),
+                               "optim": {"name": "sgd", "lr_per_256": 1e12, "nesterov": False}})
+    with pytest.raises(ConvsslError, match="NaN or infinite"):
+        pretrain(recipe, UNLABELED, tmp_path / "nan", progress=False)
+
+
+def test_sigterm_saves_checkpoint_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "convssl", "pretrain", "--recipe", str(ROOT / "recipes" / "rotation_resnet18_small.yaml"),
+           "--data", UNLABELED, "--out", str(run), "--max-steps", "100000", "--quiet",
+           "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
+           "--set", "data.batch_size=8", "--set", "train.ckpt_every=0"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    step = ckpt_io.load(run)["step"]
+    assert step >= 10
+
+
+def test_unknown_recipe_key_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="optim.lr_per256"):
+        load_recipe(ROOT / "recipes" / "rotation_resnet18_small.yaml", ["optim.lr_per256=0.1"])
+    with pytest.raises(ConfigError, match="task.heads"):
+        load_recipe(ROOT / "recipes" / "rotation_resnet18_small.yaml", ["task.heads=mlp"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_recipe(ROOT / "recipes" / "rotation_resnet18_small.yaml", ["task.name=jigsaw2"])
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    from convssl.errors import DataError
+
+    with pytest.raises(DataError):
+        pretrain(small_recipe(max_steps=2), str(tmp_path / "nowhere"), tmp_path / "run", progress=False)
