@@ -105,3 +105,28 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_enabled():
         dist.barrier()
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is again an all_reduce(SUM) of the gradients.
+
+    y = sum_r x_r is used by every rank's loss, so d(sum_r L_r)/dx_r = sum_r dL_r/dy;
+    after DDP's averaging that is the gradient of the mean loss (as in ``_GatherWithGrad``).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone().contiguous()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone().contiguous()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, differentiable (cross-rank norm statistics); ``x`` when not distributed."""
+    return _AllReduceSumWithGrad.apply(x) if is_enabled() else x

@@ -1,0 +1,220 @@
+"""Sparse versions of the layers a convnet is made of (SparK's ``masked`` backend).
+
+Each sparse layer is a subclass of its dense layer (``SparseConv2d(nn.Conv2d)``...) made
+from the dense instance by ``sparsify``: the very same parameter and buffer objects under
+the same attribute names, so ``state_dict`` keys never change. All layers of one encoder
+share one ``MaskContext`` (``self.sparse_ctx``); with no mask set they compute exactly
+what the dense layer computes.
+
+Semantics (SparK, Tian et al. 2023, sec. 3.1 and its public code): convolution and
+pooling run densely and their outputs are multiplied by the mask at their own scale;
+normalisation statistics and global pooling cover visible positions only; masked
+positions are exactly 0 after every layer.
+
+Legend: B batch, C channels, h/w map size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from convssl.sparse.mask import MaskContext
+from convssl.sparse.norm import masked_max, masked_mean, sparse_batch_norm, sparse_group_norm
+
+
+class SparseLayer:
+    """Mixin: the context, the layer's path (for errors) and the layout of its tensors."""
+
+    sparse_ctx: MaskContext
+    sparse_name: str = ""
+    sparse_channels_last: bool = False
+
+    def _mask_output(self, y: torch.Tensor) -> torch.Tensor:
+        return self.sparse_ctx.apply(y, self.sparse_channels_last, self._where)
+
+    def _mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        hw = x.shape[1:3] if self.sparse_channels_last else x.shape[-2:]
+        return self.sparse_ctx.at(hw, torch.bool, self._where)
+
+    def _where(self) -> str:
+        return f"{self.sparse_name or '?'} ({dense_class(type(self)).__name__})"
+
+
+class MaskedOutput(SparseLayer):
+    """Dense computation, then masked positions set to 0 (conv, pooling, per-position
+    norms such as LayerNorm, Linear applied channels-last, activations with f(0) != 0)."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return self._mask_output(y) if self.sparse_ctx.active else y
+
+
+class SparseBatchNorm(SparseLayer):
+    """BatchNorm / SyncBatchNorm with statistics over visible positions (synchronised over
+    ranks through ``dist.all_reduce`` when ``sparse_sync`` is set and training is
+    distributed; ``nn.SyncBatchNorm`` itself does not run on CPU)."""
+
+    sparse_sync: bool = False
+
+    def forward(self, x):
+        if not self.sparse_ctx.active:
+            return super().forward(x)
+        m = self._mask(x)
+        if m is None:
+            return super().forward(x)
+        return sparse_batch_norm(self, x, m, sync=self.sparse_sync)
+
+
+class SparseGroupNorm(SparseLayer):
+    """GroupNorm with per-image statistics over visible positions."""
+
+    def forward(self, x):
+        m = self._mask(x) if self.sparse_ctx.active else None
+        if m is None:
+            return super().forward(x)
+        return sparse_group_norm(x, m, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class SparseInstanceNorm(SparseLayer):
+    """InstanceNorm (no running statistics) over visible positions."""
+
+    def forward(self, x):
+        m = self._mask(x) if self.sparse_ctx.active else None
+        if m is None:
+            return super().forward(x)
+        return sparse_group_norm(x, m, x.shape[1], self.weight, self.bias, self.eps)
+
+
+class SparseSqueezeExcitation(SparseLayer):
+    """torchvision ``SqueezeExcitation`` (MobileNetV3, EfficientNet, RegNetY) whose squeeze
+    averages visible positions only. Its children (fc1, fc2 on [B, C, 1, 1]) stay dense."""
+
+    def forward(self, x):
+        m = self._mask(x) if self.sparse_ctx.active else None
+        if m is None:
+            return super().forward(x)
+        scale = masked_mean(x, m)
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(scale))))
+        return x * scale  # masked positions of x are 0, so they stay 0
+
+
+class SparseGlobalAvgPool(SparseLayer):
+    """``AdaptiveAvgPool2d(1)`` inside the network: the mean of visible positions."""
+
+    def forward(self, x):
+        m = self._mask(x) if self.sparse_ctx.active else None
+        return super().forward(x) if m is None else masked_mean(x, m)
+
+
+class SparseGlobalMaxPool(SparseLayer):
+    """``AdaptiveMaxPool2d(1)`` inside the network: the max of visible positions."""
+
+    def forward(self, x):
+        m = self._mask(x) if self.sparse_ctx.active else None
+        return super().forward(x) if m is None else masked_max(x, m)
+
+
+# Named classes for the common layers (readable in ``print(model)`` and picklable); other
+# subclasses of these (timm's Conv2dSame, LayerNorm2d variants...) get a class made on the fly.
+class SparseConv2d(MaskedOutput, nn.Conv2d):
+    pass
+
+
+class SparseMaxPool2d(MaskedOutput, nn.MaxPool2d):
+    pass
+
+
+class SparseAvgPool2d(MaskedOutput, nn.AvgPool2d):
+    pass
+
+
+class SparseBatchNorm2d(SparseBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class SparseSyncBatchNorm(SparseBatchNorm, nn.SyncBatchNorm):
+    pass
+
+
+class SparseGroupNorm2d(SparseGroupNorm, nn.GroupNorm):
+    pass
+
+
+class SparseInstanceNorm2d(SparseInstanceNorm, nn.InstanceNorm2d):
+    pass
+
+
+class SparseLayerNorm(MaskedOutput, nn.LayerNorm):
+    """nn.LayerNorm on a channels-last map (torchvision ConvNeXt blocks): per position, so the
+    dense result at visible positions is the sparse one; masked positions are reset to 0."""
+
+
+class SparseLinear(MaskedOutput, nn.Linear):
+    """nn.Linear on a channels-last map (ConvNeXt's pointwise MLP); its bias is undone at
+    masked positions."""
+
+
+class SparseAdaptiveAvgPool2d(SparseGlobalAvgPool, nn.AdaptiveAvgPool2d):
+    pass
+
+
+class SparseAdaptiveMaxPool2d(SparseGlobalMaxPool, nn.AdaptiveMaxPool2d):
+    pass
+
+
+_NAMED = {
+    (MaskedOutput, nn.Conv2d): SparseConv2d,
+    (MaskedOutput, nn.MaxPool2d): SparseMaxPool2d,
+    (MaskedOutput, nn.AvgPool2d): SparseAvgPool2d,
+    (SparseBatchNorm, nn.BatchNorm2d): SparseBatchNorm2d,
+    (SparseBatchNorm, nn.SyncBatchNorm): SparseSyncBatchNorm,
+    (SparseGroupNorm, nn.GroupNorm): SparseGroupNorm2d,
+    (SparseInstanceNorm, nn.InstanceNorm2d): SparseInstanceNorm2d,
+    (MaskedOutput, nn.LayerNorm): SparseLayerNorm,
+    (MaskedOutput, nn.Linear): SparseLinear,
+    (SparseGlobalAvgPool, nn.AdaptiveAvgPool2d): SparseAdaptiveAvgPool2d,
+    (SparseGlobalMaxPool, nn.AdaptiveMaxPool2d): SparseAdaptiveMaxPool2d,
+}
+_MADE: dict[tuple[type, type], type] = {}
+
+
+def sparse_class(mixin: type, dense_cls: type) -> type:
+    """``class Sparse<Dense>(mixin, dense_cls)``: named for common layers, made once otherwise."""
+    key = (mixin, dense_cls)
+    if key in _NAMED:
+        return _NAMED[key]
+    if key not in _MADE:
+        name = f"Sparse{dense_cls.__name__}"
+        while name in globals():  # e.g. torchvision's and timm's LayerNorm2d
+            name += "_"
+        cls = type(name, (mixin, dense_cls), {"__module__": __name__, "__qualname__": name})
+        globals()[name] = _MADE[key] = cls  # importable by name, so whole-module pickling works
+    return _MADE[key]
+
+
+def dense_class(sparse_cls: type) -> type:
+    """The dense layer class a sparse class was made from (its last base)."""
+    return sparse_cls.__bases__[-1]
+
+
+def sparsify(module: nn.Module, mixin: type, ctx: MaskContext, name: str, *,
+             channels_last: bool = False, **attrs) -> nn.Module:
+    """A sparse instance of ``module``'s class sharing its parameters, buffers and children."""
+    cls = sparse_class(mixin, type(module))
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    new.sparse_ctx, new.sparse_name, new.sparse_channels_last = ctx, name, channels_last
+    for k, v in attrs.items():
+        setattr(new, k, v)
+    return new
+
+
+def densify_layer(module: nn.Module) -> nn.Module:
+    """The dense instance back (same parameters); ``module`` unchanged if it is not sparse."""
+    if not isinstance(module, SparseLayer):
+        return module
+    dense_cls = dense_class(type(module))
+    new = dense_cls.__new__(dense_cls)
+    new.__dict__.update({k: v for k, v in module.__dict__.items() if not k.startswith("sparse_")})
+    return new
