@@ -98,6 +98,9 @@ class MoCo(nn.Module):
     """
 
     Config = MoCoConfig
+    # Shuffle-BN keeps BatchNorm per rank on purpose (global statistics would let the
+    # positive key leak): the trainer must not convert it to nn.SyncBatchNorm.
+    manages_batchnorm_sync = True
 
     def __init__(self, encoder: Encoder, cfg: MoCoConfig, data: DataConfig):
         super().__init__()

@@ -172,6 +172,10 @@ class SparK(nn.Module):
     reconstruction with the visible patches pasted back.
     """
 
+    # Its sparse BatchNorms synchronise over ranks themselves (task.sync_bn): the trainer
+    # must not turn them into nn.SyncBatchNorm, which would count masked positions.
+    manages_batchnorm_sync = True
+
     @dataclass(frozen=True, kw_only=True)
     class Config:
         """SparK hyper-parameters; defaults from the paper and its public code.

@@ -37,7 +37,8 @@ class TrainConfig:
 
     epochs / max_steps: max_steps (if > 0) wins; an epoch is num_samples // global batch steps.
     precision: auto = bf16 autocast on GPUs that support it, fp32 on CPU.
-    sync_bn: convert BatchNorm to SyncBatchNorm under DDP on GPU.
+    sync_bn: convert BatchNorm to SyncBatchNorm under DDP on GPU (skipped for tasks that
+        manage it themselves: SparK's sparse BN syncs visible positions, MoCo uses shuffle-BN).
     ckpt_every / log_every / image_every: in optimizer steps (0 = only at the end / never).
     keep_checkpoints: how many step checkpoints to keep (the newest).
     """

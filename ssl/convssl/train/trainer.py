@@ -79,7 +79,8 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     seed_all(recipe.train.seed)
     encoder = build_encoder(recipe.encoder)
     task = build_task(recipe.task, encoder, recipe.data)
-    if info.enabled and dev.type == "cuda" and recipe.train.sync_bn:
+    if (info.enabled and dev.type == "cuda" and recipe.train.sync_bn
+            and not getattr(task, "manages_batchnorm_sync", False)):
         task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
     task.to(dev)
     if recipe.train.channels_last:
