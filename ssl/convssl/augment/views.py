@@ -16,3 +16,31 @@ def prepare_view(img_BCHW: torch.Tensor, augment: ColorAugConfig | None, mean, s
     if augment is not None:
         x = color_augment(x, augment)
     return normalize(x, mean, std)
+
+
+class ViewAugment:
+    """Where a contrastive task's photometric augmentation runs, and the view prep.
+
+    ``augment_on == "device"``: batched on the training device in ``prepare``;
+    ``"worker"``: per sample in the loader workers via ``worker_transform()``.
+    """
+
+    def __init__(self, augment: ColorAugConfig, augment_on: str, data):
+        self.augment, self.augment_on, self.data = augment, augment_on, data
+
+    def worker_transform(self):
+        """Per-view transform for the loader workers, or None when augmenting on the device.
+
+        With ``augment_on: worker`` the loader must apply it to each uint8 view after the
+        crop; otherwise the views reach the task with no photometric augmentation at all.
+        """
+        if self.augment_on != "worker":
+            return None
+        from convssl.augment.worker import worker_transform
+
+        return worker_transform(self.augment, self.data.channels, self.data.size)
+
+    def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
+        """uint8 view -> augmented (when on the device), normalized float input."""
+        augment = self.augment if self.augment_on == "device" else None
+        return prepare_view(img_BCHW, augment, self.data.mean, self.data.std)

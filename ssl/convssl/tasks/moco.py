@@ -39,8 +39,7 @@ import torch.nn.functional as F
 
 from convssl import dist
 from convssl.augment.config import ColorAugConfig
-from convssl.augment.views import prepare_view
-from convssl.augment.worker import worker_transform
+from convssl.augment.views import ViewAugment
 from convssl.batch_shuffle import grouped_forward, shuffled_forward
 from convssl.data.config import DataConfig
 from convssl.encoders import Encoder
@@ -107,6 +106,7 @@ class MoCo(nn.Module):
         if data.views != 2:
             raise ConfigError(f"moco needs data.views: 2 (query and key views), got {data.views}")
         self.cfg, self.data = cfg, data
+        self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
         self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim,
                                     num_layers=cfg.proj_layers, batch_norm=cfg.proj_batch_norm)
@@ -120,19 +120,12 @@ class MoCo(nn.Module):
 
     # ---- views -------------------------------------------------------------------------
     def worker_transform(self):
-        """Per-view transform for the loader workers, or None when augmenting on the device.
-
-        With ``augment_on: worker`` the loader must apply it to each uint8 view after the
-        crop; otherwise the views reach the task with no photometric augmentation at all.
-        """
-        if self.cfg.augment_on != "worker":
-            return None
-        return worker_transform(self.cfg.augment, self.data.channels, self.data.size)
+        """Per-view transform for the loader workers, or None when augmenting on the device."""
+        return self.views.worker_transform()
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""
-        augment = self.cfg.augment if self.cfg.augment_on == "device" else None
-        return prepare_view(img_BCHW, augment, self.data.mean, self.data.std)
+        return self.views.prepare(img_BCHW)
 
     # ---- the two encoders --------------------------------------------------------------
     def _query(self, x_BCHW: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convssl.augment.config import ColorAugConfig
-from convssl.augment.views import prepare_view
-from convssl.augment.worker import worker_transform
+from convssl.augment.views import ViewAugment
 from convssl.data.config import DataConfig
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
@@ -76,25 +75,19 @@ class SimCLR(nn.Module):
         if data.views != 2:
             raise ConfigError(f"simclr needs data.views: 2 (two views per image), got {data.views}")
         self.cfg, self.data = cfg, data
+        self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
         self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim,
                                     num_layers=cfg.proj_layers, batch_norm=cfg.proj_batch_norm,
                                     last_bn=cfg.proj_last_bn)
 
     def worker_transform(self):
-        """Per-view transform for the loader workers, or None when augmenting on the device.
-
-        With ``augment_on: worker`` the loader must apply it to each uint8 view after the
-        crop; otherwise the views reach the task with no photometric augmentation at all.
-        """
-        if self.cfg.augment_on != "worker":
-            return None
-        return worker_transform(self.cfg.augment, self.data.channels, self.data.size)
+        """Per-view transform for the loader workers, or None when augmenting on the device."""
+        return self.views.worker_transform()
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""
-        augment = self.cfg.augment if self.cfg.augment_on == "device" else None
-        return prepare_view(img_BCHW, augment, self.data.mean, self.data.std)
+        return self.views.prepare(img_BCHW)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["img"]
