@@ -12,7 +12,7 @@ SGD settings. Steps alternate between the two so both see the same machine load.
     PYTHONPATH=ssl python benchmarks/simclr_vs_lightly.py --steps 30 --batch 128
 
 Prints images/s (training steps only), the final losses (both the paper's NT-Xent, the
-mean over the 2B anchors) and a linear-probe top-1 for each when ``convssl.eval`` exists.
+mean over the 2B anchors) and the linear-probe top-1 (best stage) of each encoder.
 """
 
 from __future__ import annotations
@@ -87,15 +87,18 @@ class LightlySimCLR(torch.nn.Module):
         return self.criterion(z0, z1)
 
 
-def linear_probe_top1(encoder) -> float | None:
-    """HOOK: the lead's probe API. Fill in once ``convssl.eval`` lands on main."""
-    try:
-        import convssl.eval as probe  # noqa: F401
-    except ImportError:
-        return None
-    # HOOK: call the probe on data/fmnist/train (fit) and data/fmnist/test (score), e.g.
-    #   return probe.linear_probe(encoder, "data/fmnist/train", "data/fmnist/test")["top1"]
-    return None
+def linear_probe_top1(encoder) -> float:
+    """convssl's linear probe (fit on data/fmnist/train, scored on data/fmnist/test): the
+    best stage's top-1, the same protocol for both sides."""
+    import tempfile
+
+    from convssl.eval.probe import probe
+
+    with tempfile.TemporaryDirectory() as out:
+        report = probe(encoder, str(ROOT / "data/fmnist/train"), str(ROOT / "data/fmnist/test"),
+                       size=32, channels=1, mean=MEAN, std=STD, out_dir=out, knn=False)
+    return max(s["linear_top1"] for s in report["stages"])
+
 
 
 def main() -> None:
@@ -152,7 +155,7 @@ def main() -> None:
         top1 = linear_probe_top1(model.encoder)
         last = sum(losses[name][-5:]) / len(losses[name][-5:])
         print(f"{name:10s} {timed / seconds[name]:10.1f} {losses[name][0]:11.4f} {last:11.4f} "
-              f"{'n/a (hook)' if top1 is None else f'{100 * top1:.1f}':>12s}")
+              f"{100 * top1:12.1f}")
     print(f"ratio convssl/lightly images/s: {seconds['lightly'] / seconds['convssl']:.2f}")
 
 

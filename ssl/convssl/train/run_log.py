@@ -9,14 +9,14 @@ import torch
 
 
 class RunLog:
-    """Appends metrics as JSON lines and TensorBoard scalars (when tensorboard is installed)."""
+    """Appends metrics as JSON lines and TensorBoard scalars."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # optional: pip install 'convssl[tensorboard]'
+        except ImportError:  # a dependency; tolerate an environment without it
             self.tb = None
         else:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
