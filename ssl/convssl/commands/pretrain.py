@@ -33,7 +33,7 @@ def run(args) -> int:
                        progress=not args.quiet, stop_after=args.stop_after)
     from convssl import dist
 
-    if dist.rank() == 0:
+    if dist.from_env().is_main:
         metrics = "  ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
         print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s, "
               f"{summary['img_per_s']:.1f} img/s; {metrics}")

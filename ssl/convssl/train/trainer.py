@@ -126,7 +126,9 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     bar.close()
     if log:
         log.close()
-    cdist.barrier()
+    if info.enabled and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
     return summary
 
 
@@ -233,10 +235,10 @@ def _log(window, step, lr, wd, plan, info, log, bar) -> dict:
 
 
 def _check_finite(bad, step, ckpt_dir) -> None:
-    bad = bad.clone()
+    flag = bad.int()  # a NaN on any rank stops every rank
     if cdist.is_enabled():
-        tdist.all_reduce(bad.int(), op=tdist.ReduceOp.MAX)
-    if bool(bad):
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    if bool(flag):
         last = ckpt_io.latest(ckpt_dir)
         raise ConvsslError(
             f"the loss became NaN or infinite by step {step}; no checkpoint was written after it. "
