@@ -325,3 +325,13 @@ def test_channels_first_layernorm2d_like_timms():
     m = upsample_mask(mask, (16, 16))
     want = ref[1](ref[0](x * m)) * m  # per position over channels, masked positions 0
     torch.testing.assert_close(got["y"], want)
+
+
+def test_timm_style_drop_path_passes_through_by_name():
+    """timm's DropPath (per-sample scaling) is recognised without importing timm."""
+    from convssl.sparse.convert import _passes_through
+
+    DropPath = type("DropPath", (torch.nn.Module,), {"__module__": "timm.layers.drop"})
+    assert _passes_through(DropPath(), ())
+    Other = type("DropPath", (torch.nn.Module,), {"__module__": "someone.else"})
+    assert not _passes_through(Other(), ())

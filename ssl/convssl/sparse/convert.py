@@ -112,8 +112,16 @@ def _walk(parent, prefix, layout, ctx, sync_bn, elementwise, converted):
             raise _unknown(child, path)
 
 
+# Zero-preserving layers of optional libraries, known by class name (timm is not imported):
+# timm's DropPath scales whole samples by 0 or 1/keep, so masked positions stay 0.
+ZERO_PRESERVING_NAMES = {("timm.layers.drop", "DropPath"), ("timm.models.layers.drop", "DropPath")}
+
+
 def _passes_through(module: nn.Module, elementwise) -> bool:
-    return isinstance(module, ZERO_PRESERVING) and not isinstance(module, elementwise)
+    if isinstance(module, elementwise):
+        return False
+    named = (type(module).__module__, type(module).__name__) in ZERO_PRESERVING_NAMES
+    return named or isinstance(module, ZERO_PRESERVING)
 
 
 def _sparse_version(m: nn.Module, path: str, layout, ctx, sync_bn, elementwise) -> nn.Module | None:
