@@ -121,11 +121,14 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     log = RunLog(run_dir) if info.is_main else None
     bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
     end = plan.total_steps if stop_after is None else min(plan.total_steps, step + stop_after)
-    summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
-                    dev, step, end, ckpt_dir, log, bar)
-    bar.close()
-    if log:
-        log.close()
+    try:
+        summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
+                        dev, step, end, ckpt_dir, log, bar)
+    finally:
+        _stop_workers(batches)
+        bar.close()
+        if log:
+            log.close()
     if info.enabled and tdist.is_initialized():
         tdist.barrier()
         tdist.destroy_process_group()
@@ -337,6 +340,18 @@ def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: in
         batch_size=plan.per_rank_batch, max_corrupt_fraction=d.max_corrupt_fraction, manifest=manifest,
     )
     return make_loader(dataset, batch_size=plan.per_rank_batch, num_workers=d.workers)
+
+
+def _stop_workers(batches) -> None:
+    """Shut the loader's worker processes down now, while this process is healthy.
+
+    Left to interpreter exit (after Ctrl-C, SIGTERM or an error), workers die mid-way and
+    multiprocessing's helper threads can print tracebacks after our clear message.
+    ``_shutdown_workers`` is what the iterator's own ``__del__`` calls.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _to_device(batch: dict, dev: torch.device, channels_last: bool) -> dict:
