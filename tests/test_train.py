@@ -83,6 +83,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     ck = ckpt_io.load(tmp_path / "split")
     assert ck["step"] == 8 and ck["data"]["per_rank_batches"] == 8
+    again = pretrain(small_recipe(max_steps=8), UNLABELED, tmp_path / "split", resume=True, progress=False)
+    assert again["steps"] == 8 and again["checkpoint"] == ck["path"]  # a finished run names its checkpoint
     # the backbone is stored under the original model's keys, equal to the task's copy
     assert ck["encoder"] and {f"encoder.model.{k}" for k in ck["encoder"]} == {k for k in ck["task"] if k.startswith("encoder.model.")}
     for k, v in ck["encoder"].items():

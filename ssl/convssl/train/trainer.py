@@ -220,7 +220,7 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
     done = step - start_step
     return {"steps": step, "metrics": last_scalars, "seconds": seconds,
             "img_per_s": done * plan.global_batch / seconds if seconds > 0 else 0.0,
-            "checkpoint": str(last_ckpt) if last_ckpt else None}
+            "checkpoint": str(last_ckpt or ckpt_io.latest(ckpt_dir) or "") or None}
 
 
 def _log(window, step, lr, wd, plan, info, log, bar) -> dict:
