@@ -6,7 +6,7 @@ Every key is checked before anything runs: unknown keys and wrong types in any s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from convssl.config import apply_overrides, from_dict, load_yaml, to_dict
@@ -67,9 +67,3 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"unknown recipe section(s) {unknown}; sections are {', '.join(SECTIONS)}")
     return recipe_from_dict(raw)
 
-
-def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
-    return recipe_from_dict(apply_overrides(recipe.to_dict(), overrides)) if overrides else recipe
-
-
-__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "with_overrides", "replace"]

@@ -70,9 +70,9 @@ class Encoder(nn.Module):
             self.stages = trunk.stages
             self._chain = trunk.chain
         self._chain = self._chain[: self._chain.index(self.stages[-1].name) + 1] if self._chain else []
-        self.head = [n for n in trunk.head]
+        self.head = list(trunk.head)
         for name in self.head:
-            _set_submodule(model, name, nn.Identity())
+            stem.replace_submodule(model, name, nn.Identity())
         if self._chain and not self._chain_matches(probe):
             self._chain = []  # the forward is not a plain chain: capture stages with hooks
         model.train(was_training)
@@ -167,11 +167,6 @@ class Encoder(nn.Module):
     def describe(self) -> list[dict]:
         return [asdict(s) for s in self.stages]
 
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
 
 
 def build_encoder(config: EncoderConfig | str, **overrides) -> Encoder:

@@ -42,7 +42,7 @@ def set_in_chans(model: nn.Module, in_chans: int, probe_size: int = 64) -> None:
         return
     if conv.groups != 1:
         raise EncoderError(f"first convolution {name!r} is grouped; cannot change its input channels")
-    _replace(model, name, _like(conv, in_channels=in_chans))
+    replace_submodule(model, name, _like(conv, in_channels=in_chans))
 
 
 def conv_in_channels(model: nn.Module) -> int:
@@ -86,7 +86,8 @@ def _like(conv: nn.Conv2d, **changes) -> nn.Conv2d:
     return nn.Conv2d(**args)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the dotted ``name`` is, keeping the name (and so the keys)."""
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, new)

@@ -13,7 +13,7 @@ import math
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,7 +49,6 @@ class Plan:
     total_steps: int
     warmup_steps: int
     peak_lr: float
-    extra: dict = field(default_factory=dict)
 
 
 def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False,
@@ -69,7 +68,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     info = cdist.init(dev)
     run_dir = Path(out)
     ckpt_dir = run_dir / "checkpoints"
-    state = _resume_state(recipe, ckpt_dir) if resume else None
+    state = _resume_state(ckpt_dir) if resume else None
     if state is None and ckpt_io.latest(ckpt_dir) is not None:
         raise ConvsslError(f"{str(run_dir)!r} already holds checkpoints; pass --resume to continue "
                            "that run, or choose another --out")
@@ -285,7 +284,7 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         old.unlink()
 
 
-def _resume_state(recipe: Recipe, ckpt_dir: Path) -> dict | None:
+def _resume_state(ckpt_dir: Path) -> dict:
     path = ckpt_io.latest(ckpt_dir)
     if path is None:
         raise ConvsslError(f"--resume: no checkpoint in {str(ckpt_dir)!r}; start without --resume")
