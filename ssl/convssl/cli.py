@@ -18,6 +18,7 @@ COMMANDS = {
     "export": "export a pretrained backbone for torchvision / timm / plain PyTorch",
     "info": "show an encoder's stages, channels, reductions and parameter count",
     "quickstart": "pretrain on the embedded sample, probe, and compare with random init",
+    "bench": "measure speed: loader throughput (data) or a training step (step)",
 }
 
 
