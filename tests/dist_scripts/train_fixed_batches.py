@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE.parent))  # custom_nets
 
 from convssl import dist  # noqa: E402
 from convssl.data.crops import ResizeCenterCrop  # noqa: E402
-from convssl.data.reader import ShardDataset  # noqa: E402
+from convssl.data.reader import ImageField, ShardDataset  # noqa: E402
 from convssl.recipe import recipe_from_dict  # noqa: E402
 from convssl.train.trainer import pretrain  # noqa: E402
 
@@ -32,7 +32,7 @@ def recipe(steps: int, batch: int):
 
 
 def global_batches(steps: int, batch: int) -> list[torch.Tensor]:
-    data = ShardDataset(str(ROOT / "data/fmnist/unlabeled"), transform=ResizeCenterCrop(16), channels=1)
+    data = ShardDataset(str(ROOT / "data/fmnist/unlabeled"), transform=ImageField(ResizeCenterCrop(16)), channels=1)
     imgs = []
     for sample in data:
         imgs.append(sample["img"])

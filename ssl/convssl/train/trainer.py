@@ -326,14 +326,14 @@ def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: in
     """The rank's infinite loader: crops (and the task's worker-side augmentation, if any)
     run in the workers; ``start_batches`` resumes the data position."""
     from convssl.data.crops import CropThenAugment, RandomResizedCrop
-    from convssl.data.reader import ShardDataset, make_loader
+    from convssl.data.reader import ImageField, ShardDataset, make_loader
 
     d = recipe.data
     transform = RandomResizedCrop(d.size, scale=d.scale, ratio=d.ratio, flip=d.flip, views=d.views)
     if worker_augment is not None:
         transform = CropThenAugment(transform, worker_augment)
     dataset = ShardDataset(
-        urls, transform=transform, channels=d.channels, labeled=False,
+        urls, transform=ImageField(transform), channels=d.channels, labeled=False,
         shuffle_buffer=d.shuffle_buffer, seed=recipe.train.seed, rank=info.rank,
         world_size=info.world_size, infinite=True, start_batches=start_batches,
         batch_size=plan.per_rank_batch, max_corrupt_fraction=d.max_corrupt_fraction, manifest=manifest,
