@@ -47,8 +47,10 @@ import contextlib
 import hashlib
 import io
 import math
+import os
 import random
 import signal
+import threading
 import time
 import warnings
 from collections import deque
@@ -567,11 +569,29 @@ def _stack(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
 
 
 def _leave_signals_to_main(_worker_id: int) -> None:
-    """Workers ignore SIGINT/SIGTERM sent to the whole process group (Ctrl-C, timeout,
-    a cluster scheduler): the main process then saves a checkpoint and shuts them down.
-    A worker whose parent dies still exits (DataLoader's watchdog)."""
+    """Workers ignore SIGINT and a SIGTERM sent to the whole process group (Ctrl-C, a
+    timeout, a cluster scheduler): the main process then saves a checkpoint and shuts
+    them down. A SIGTERM from the parent itself (multiprocessing's ``terminate``, used
+    by DataLoader's shutdown and at interpreter exit) still ends the worker, so a
+    process whose loader was never shut down exits instead of waiting on its workers
+    forever. A worker whose parent dies still exits (DataLoader's watchdog).
+
+    Telling the sender apart needs ``sigwaitinfo`` (Linux, BSD); elsewhere SIGTERM is
+    ignored outright.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by the watcher thread
+
+    def watch() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="convssl-sigterm", daemon=True).start()
 
 
 def make_loader(

@@ -17,12 +17,15 @@ the member path up to the first "." of its file name, the extension is the rest
 (``a/b.seg.png`` -> key ``a/b``, extension ``seg.png``). No tar parsing is done here.
 
 Failures surface as ``OSError`` (missing file, HTTP error, a failing ``pipe:`` command),
+``http.client.HTTPException`` (a connection cut mid-body),
 ``tarfile.TarError`` (not a tar, cut inside a member) or ``ValueError`` (duplicate
 members); ``SHARD_ERRORS`` lists them for callers.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
 import tarfile
 import urllib.request
 import zlib
@@ -33,7 +36,7 @@ from urllib.parse import urlparse
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-SHARD_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
+SHARD_ERRORS = (OSError, EOFError, http.client.HTTPException, tarfile.TarError, zlib.error, ValueError)
 _HTTP_SCHEMES = ("http", "https")
 
 
@@ -57,8 +60,33 @@ def open_shard(url: str, *, timeout: float = 60.0) -> BinaryIO:
     """A readable binary stream of ``url`` (the caller closes it)."""
     if scheme(url) in _HTTP_SCHEMES:
         request = urllib.request.Request(url, headers={"User-Agent": "convssl"})
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http(s) only)
+        return _CheckedBody(urllib.request.urlopen(request, timeout=timeout))  # noqa: S310 (http(s) only)
     return gopen(local_path(url) if is_local(url) else url, "rb")
+
+
+class _CheckedBody(io.RawIOBase):
+    """An HTTP response body that raises when the connection ends before Content-Length
+    bytes arrived (``http.client`` then just returns b"", and a tar cut between two
+    members would read as a shorter, valid shard)."""
+
+    def __init__(self, response):
+        self.response, self.received = response, 0
+        length = response.headers.get("Content-Length")
+        self.length = int(length) if length and length.isdigit() else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.response.readinto(buffer)
+        self.received += count
+        if not count and len(buffer) and self.length is not None and self.received < self.length:
+            raise ConnectionError(f"the connection closed after {self.received} of {self.length} bytes")
+        return count
+
+    def close(self) -> None:
+        self.response.close()
+        super().close()
 
 
 def iter_shard(url: str, *, timeout: float = 60.0) -> Iterator[tuple[str, dict[str, bytes]]]:
