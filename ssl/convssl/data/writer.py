@@ -214,6 +214,9 @@ def _write_slice_unguarded(job: _SliceJob) -> _SliceResult:
             except UnreadableFile as err:
                 skipped.append(SkippedFile(err.file, err.reason))
                 continue
+            except Exception as err:  # noqa: BLE001 - not a bad image: report it, as one line
+                raise DataError(f"shard writer {job.writer_id} failed on item {index} of {job.source.description}: "
+                                f"{type(err).__name__}: {err}") from None
             record = {"__key__": sample.key, sample.ext: sample.data}
             if job.labeled:
                 record["cls"] = str(sample.label).encode("ascii")
