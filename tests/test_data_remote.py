@@ -26,9 +26,10 @@ from PIL import Image
 
 from convssl.data.crops import RandomResizedCrop
 from convssl.data.manifest import Manifest, ShardInfo
-from convssl.data.reader import ImageField, ShardDataset, ShardReadError, make_loader
+from convssl.data.reader import ShardDataset, ShardReadError, make_loader
 from convssl.data.sources import open_source
 from convssl.data.urls import resolve_shards
+from convssl.data.views import Named
 from convssl.data.writer import write_shards
 from convssl.errors import DataError
 
@@ -243,7 +244,7 @@ def test_worker_counters_reach_the_main_process(tmp_path: Path):
 @pytest.mark.parametrize("start_batches", [5, 8])
 def test_resume_after_corrupt_samples_continues_the_exact_stream(tmp_path: Path, start_batches: int):
     urls = _corrupt_shards(tmp_path)
-    crop = ImageField(RandomResizedCrop(4, scale=(0.3, 1.0)))
+    crop = Named(RandomResizedCrop(4, scale=(0.3, 1.0)))
 
     def batches(start: int, count: int) -> list[tuple]:
         dataset = ShardDataset(urls, transform=crop, shuffle_buffer=4, seed=5, infinite=True,

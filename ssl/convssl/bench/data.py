@@ -172,9 +172,10 @@ def _crop(args):
 
 
 def _shard_rate(spec: str, args: argparse.Namespace, workers: int) -> float:
-    from convssl.data.reader import ImageField, ShardDataset, make_loader
+    from convssl.data.reader import ShardDataset, make_loader
+    from convssl.data.views import Named
 
-    dataset = ShardDataset(spec, transform=ImageField(_crop(args)), channels=3, shuffle_buffer=256)
+    dataset = ShardDataset(spec, transform=Named(_crop(args)), channels=3, shuffle_buffer=256)
     loader = make_loader(dataset, args.batch, workers)
     return _images_per_second(loader, args.epochs, dataset.set_epoch)
 

@@ -78,20 +78,9 @@ _FLUSH_EVERY = 64  # samples between two writes of a worker's counters to shared
 Transform = Callable[[torch.Tensor, torch.Generator], "dict[str, torch.Tensor | list[torch.Tensor]]"]
 
 
-def image_only(img_CHW: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The default transform: ``{"img": the decoded uint8 image}``, unchanged."""
+def identity(img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
+    """The default sample transform: the decoded uint8 image, unchanged, as ``img``."""
     return {"img": img_CHW}
-
-
-class ImageField:
-    """A transform for the reader from one that returns a tensor (or list of views):
-    ``(img, generator) -> {name: transform(img, generator)}``."""
-
-    def __init__(self, transform: Callable, name: str = "img"):
-        self.transform, self.name = transform, name
-
-    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
-        return {self.name: self.transform(img_CHW, generator)}
 
 
 @dataclass
@@ -181,15 +170,14 @@ class _UnitState:
 
 
 class ShardDataset(IterableDataset):
-    """Decoded samples from webdataset shards: the transform's dict plus ``"key"`` (and
-    ``"cls"`` when labeled).
+    """Decoded samples from webdataset shards: the transform's entries (``{"img"}`` by
+    default), ``"cls"`` (if labeled) and ``"key"``.
 
     Args:
         urls: shard URLs, or a spec for ``resolve_shards`` (folder, manifest, brace
             pattern, remote manifest; ``::`` joins).
-        transform: ``(img_uint8_CHW, generator) -> dict[str, Tensor | list[Tensor]]``,
-            merged into the sample; default ``{"img": img}``. Wrap a transform that
-            returns a tensor with ``ImageField``.
+        transform: a sample transform ``(img_uint8_CHW, generator) -> dict`` whose entries
+            join the sample (``convssl.data.views``); default ``{"img": img}``.
         channels: 1 converts to grayscale ("L"), 3 to "RGB"; None keeps "L" and "RGB"
             images as they are and converts other modes to "RGB".
         labeled: also yield ``"cls"`` (an int); a sample without a valid class is corrupt.
@@ -216,7 +204,7 @@ class ShardDataset(IterableDataset):
         self,
         urls: Sequence[str] | str | Path,
         *,
-        transform: Transform = image_only,
+        transform: Transform = identity,
         channels: int | None = None,
         labeled: bool = False,
         shuffle_buffer: int = 0,
@@ -481,7 +469,7 @@ class ShardDataset(IterableDataset):
         out = self.transform(decoded.img_CHW, generator)
         if not isinstance(out, dict):
             raise TypeError(f"the reader's transform must return a dict such as {{'img': ...}}, not "
-                            f"{type(out).__name__}; wrap it: ImageField(transform)")
+                            f"{type(out).__name__}; wrap it: convssl.data.views.Named(transform)")
         sample = {**out, "key": decoded.raw.key}
         if self.labeled:
             sample["cls"] = decoded.cls
@@ -563,7 +551,7 @@ def _stack(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
     if len(shapes) > 1:
         raise ShardReadError(
             f"cannot batch {name!r}: samples have shapes {sorted(shapes)[:4]}; give the dataset a crop "
-            "transform (e.g. ImageField(convssl.data.crops.RandomResizedCrop(size))) and channels=1 or 3"
+            "transform (e.g. convssl.data.views.crop_views) and channels=1 or 3"
         )
     return torch.stack(tensors)
 

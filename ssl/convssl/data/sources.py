@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,19 +150,6 @@ def open_source(spec: str, *, labeled: bool = False) -> Source:
     if sep and name in IDX_DATASETS:
         return IdxSource(name, split)
     return ImageFolderSource(spec) if labeled else FolderSource(spec)
-
-
-def iter_samples(source: Source, start: int = 0, stop: int | None = None) -> Iterator[Sample]:
-    """Readable samples ``start <= i < stop``; unreadable files are skipped with one warning."""
-    skipped = []
-    for index in range(start, len(source) if stop is None else min(stop, len(source))):
-        try:
-            yield source.sample(index)
-        except UnreadableFile as err:
-            skipped.append(err.file)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable files in {source.description}: "
-                      f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}", stacklevel=2)
 
 
 def _existing_dir(root: str | Path) -> Path:

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from convssl.data.crops import ResizeCenterCrop
+from convssl.data.views import Named
 from convssl.data.normalize import normalize
-from convssl.data.reader import ImageField, ShardDataset, make_loader
+from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
 from convssl.errors import DataError
@@ -79,9 +80,8 @@ def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
     Unshuffled, no augmentation, one pass: the evaluation view of the data.
     """
     urls, manifest = resolve_shards(spec)
-    crop = ImageField(ResizeCenterCrop(size, resize=eval_resize(size)))
-    dataset = ShardDataset(urls, transform=crop, channels=channels, labeled=True, shuffle_buffer=0, seed=0,
-                           infinite=False, manifest=manifest)
+    dataset = ShardDataset(urls, transform=Named(ResizeCenterCrop(size, resize=eval_resize(size))), channels=channels,
+                           labeled=True, shuffle_buffer=0, seed=0, infinite=False, manifest=manifest)
     for batch in make_loader(dataset, batch_size, workers, persistent_workers=False):
         yield batch["img"], batch["cls"]
 
