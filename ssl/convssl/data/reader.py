@@ -147,6 +147,18 @@ class _Decoded(NamedTuple):
     cls: int | None
 
 
+class _Counted:
+    """An iterator that counts what it passed on (``count``)."""
+
+    def __init__(self, items: Iterator):
+        self.items, self.count = items, 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
 class _UnitState:
     """One process's counters (its row of the shared table) and its last shard failure."""
 
@@ -293,15 +305,12 @@ class ShardDataset(IterableDataset):
                 if self.infinite and to_skip and epoch_count is not None and to_skip >= epoch_count:
                     to_skip -= epoch_count  # the whole epoch was consumed before: skip it unread
                 else:
-                    raws = self._shuffled(self._read_pieces(pieces, state), epoch, unit)
-                    raw_seen = 0
-                    for sample in self._positioned(raws, epoch, unit, to_skip, state):
-                        raw_seen += 1
-                        yield sample
-                    to_skip = 0
+                    raws = _Counted(self._shuffled(self._read_pieces(pieces, state), epoch, unit))
+                    yield from self._positioned(raws, epoch, unit, to_skip, state)
+                    to_skip = max(0, to_skip - raws.count)  # without counts, a skip may span epochs
                     state.flush()
                     self._check_corrupt_fraction(state, end_of_pass=True)
-                    if self.infinite and raw_seen == 0:
+                    if self.infinite and raws.count == 0:
                         raise ShardReadError(
                             f"unit {unit} of {units} (rank {self.rank}, worker {worker_id}) got no samples from "
                             f"{len(self.urls)} shard(s); use fewer workers or ranks, or more data"
