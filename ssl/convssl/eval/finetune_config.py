@@ -72,7 +72,7 @@ class FinetuneConfig:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        if self.batch_size < 1 or self.epochs <= 0 and self.max_steps <= 0:
+        if self.batch_size < 1 or (self.epochs <= 0 and self.max_steps <= 0):
             raise ValueError("batch_size must be positive and epochs or max_steps set")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
