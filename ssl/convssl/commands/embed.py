@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import torch
 
-# Grayscale default: the mean of torchvision's ImageNet channel statistics (as the probe).
-_DEFAULT_NORM = {3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}
-
 
 def add_arguments(parser) -> None:
     from convssl.eval.embed import METHODS
@@ -33,19 +30,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from convssl.data.urls import resolve_shards
     from convssl.eval.embed import embed, pick_method
+    from convssl.eval.input_spec import input_spec
     from convssl.train.checkpoint import load_encoder
 
     pick_method(args.method)  # a missing package fails before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder, ckpt = load_encoder(args.ckpt)
-    data = ckpt["config"].get("data", {})
-    channels = int(data.get("channels", encoder.in_chans))
-    mean, std = data.get("mean"), data.get("std")
-    if mean is None or std is None:
-        mean, std = _DEFAULT_NORM[channels]
+    spec = input_spec(ckpt, encoder)
     _, manifest = resolve_shards(args.data)
-    record = embed(encoder.to(device), args.data, size=int(data.get("size", encoder.input_size)), channels=channels,
-                   mean=mean, std=std, out_dir=args.out, method=args.method, stage=args.stage,
+    record = embed(encoder.to(device), args.data, size=spec.size, channels=spec.channels,
+                   mean=spec.mean, std=spec.std, out_dir=args.out, method=args.method, stage=args.stage,
                    max_samples=args.max_samples, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                    classes=manifest.classes if manifest is not None else (),
                    title=f"{encoder.config.spec if encoder.config else 'encoder'} step {ckpt.get('step')}")

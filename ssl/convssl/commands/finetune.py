@@ -75,7 +75,7 @@ def run(args) -> int:
                   f"{r['protocol']['steps']} steps, {r['labels']['count']} labels ({r['seconds']:.0f} s); "
                   f"{run_dir / 'report.md'}")
         elif main:
-            print(f"stopped early; continue with the same command plus --resume")
+            print("stopped early; continue with the same command plus --resume")
             return 0
     if main and args.baseline:
         paths = write_comparison(reports["pretrained"], reports["random"], out, out / "baseline")

@@ -44,6 +44,7 @@ from convssl.eval import label_subset
 from convssl.eval.features import iter_labeled_batches
 from convssl.eval.finetune_config import RESUMABLE_CHANGES, FinetuneConfig
 from convssl.eval.finetune_report import write_report
+from convssl.eval.input_spec import input_spec
 from convssl.eval.layer_decay import layer_decay_groups
 from convssl.train import checkpoint as ckpt_io
 from convssl.train.optim import optimizer_for_groups
@@ -54,8 +55,6 @@ from convssl.train.state import rng_state, seed_all, set_rng_state
 
 FORMAT = "convssl-finetune/1"
 INITS = ("pretrained", "random")
-# Grayscale default: the mean of torchvision's ImageNet channel statistics (as the probe).
-_DEFAULT_NORM = {3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}
 
 
 class Classifier(nn.Module):
@@ -151,13 +150,8 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
                            "or choose another --out")
 
     encoder, source = _encoder(ckpt, init, cfg.seed)
-    data = source["config"].get("data", {})
-    size = int(data.get("size", encoder.input_size))
-    channels = int(data.get("channels", encoder.in_chans))
-    mean, std = data.get("mean"), data.get("std")
-    if mean is None or std is None:
-        mean, std = _DEFAULT_NORM[channels]
-    mean, std = list(mean), list(std)
+    spec = input_spec(source, encoder)
+    size, channels, mean, std = spec.size, spec.channels, list(spec.mean), list(spec.std)
 
     labels_dir = Path(labels) if labels is not None else run_dir / "labels"
     record = _label_subset(train, labels_dir, cfg, info)
@@ -165,7 +159,10 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     num_classes = int(record["num_classes"])
 
     torch.manual_seed(cfg.seed + 1)  # the same fresh head for the pretrained run and its baseline
-    model = Classifier(encoder, num_classes).to(dev)
+    model = Classifier(encoder, num_classes)
+    if info.enabled and dev.type == "cuda" and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # state_dict keys stay the same
+    model.to(dev)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     plan = make_plan(cfg, int(record["count"]), info.world_size)

@@ -34,6 +34,7 @@ class FinetuneConfig:
     seed: initialisation of the head (and of the encoder for the random-init baseline)
         and the data order.
     precision: auto = bf16 autocast on GPUs that support it, fp32 on CPU.
+    sync_bn: under DDP on GPU, BatchNorm becomes SyncBatchNorm (as SparK's fine-tuning).
     log_every, eval_every, ckpt_every: in steps (0 = only at the end).
     """
 
@@ -60,6 +61,7 @@ class FinetuneConfig:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    sync_bn: bool = True
     log_every: int = 20
     eval_every: int = 0
     ckpt_every: int = 500

@@ -26,13 +26,12 @@ import convssl
 from convssl.config import to_dict
 from convssl.encoders import Encoder
 from convssl.errors import ConvsslError
+from convssl.eval.input_spec import input_spec
 from convssl.train import checkpoint as ckpt_io
 
 SIDECAR_FORMAT = "convssl-deploy/1"
 CHECK_BATCH_SIZES = (1, 2, 5)
 TOLERANCE = 1e-4  # max abs difference allowed, relative to max(1, the largest |output|)
-# Grayscale default: the mean of torchvision's ImageNet channel statistics (as the probe).
-_DEFAULT_NORM = {3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}
 
 
 class DeployableBackbone(nn.Module):
@@ -74,15 +73,9 @@ def output_names(encoder: Encoder) -> list[str]:
 def load_deployable(ckpt_path: str | Path) -> tuple[DeployableBackbone, dict]:
     """The checkpoint's backbone, in eval mode on the CPU, and its input description."""
     encoder, ckpt = ckpt_io.load_encoder(ckpt_path)
-    data = ckpt["config"].get("data", {})
-    channels = int(data.get("channels", encoder.in_chans))
-    mean, std = data.get("mean"), data.get("std")
-    if mean is None or std is None:
-        mean, std = _DEFAULT_NORM.get(channels, (None, None))
-    size = int(data.get("size", encoder.input_size))
-    return DeployableBackbone(encoder).eval(), {
-        "ckpt": ckpt, "size": size, "channels": channels,
-        "mean": list(mean) if mean is not None else None, "std": list(std) if std is not None else None}
+    spec = input_spec(ckpt, encoder)
+    return DeployableBackbone(encoder).eval(), {"ckpt": ckpt, "size": spec.size, "channels": spec.channels,
+                                                "mean": list(spec.mean), "std": list(spec.std)}
 
 
 def example_input(info: dict, batch: int, seed: int = 0) -> torch.Tensor:
