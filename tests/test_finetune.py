@@ -151,7 +151,7 @@ def test_cli_starts_from_the_checkpoint_and_the_baseline_from_random_init(source
 def test_resume_equals_a_straight_run_and_weights_move(source_ckpt, val, tmp_path):
     cfg = small(label_fraction=0.1, max_steps=6)
     straight = finetune(source_ckpt, TRAIN, val, tmp_path / "straight", cfg, progress=False)
-    assert finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, stop_after=3) == {}
+    assert finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, stop_after=3) == {"finished": False}
     assert ckpt_io.load(tmp_path / "split")["step"] == 3
     resumed = finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, resume=True)
     a, b = ckpt_io.load(tmp_path / "straight"), ckpt_io.load(tmp_path / "split")

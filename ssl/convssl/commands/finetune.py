@@ -48,9 +48,6 @@ def load_settings(recipe: str | None, overrides: list[str]):
 
 def run(args) -> int:
     from convssl import dist
-    from convssl.eval.finetune import finetune
-    from convssl.eval.finetune_report import write_comparison
-    from convssl.train import checkpoint as ckpt_io
 
     overrides = list(args.overrides)
     for key, value in (("label_fraction", args.label_fraction), ("label_seed", args.label_seed),
@@ -61,6 +58,20 @@ def run(args) -> int:
     out = Path(args.out)
     main = dist.from_env().is_main
     runs = [("pretrained", out)] + ([("random", out / "baseline")] if args.baseline else [])
+    try:
+        return _run_all(args, cfg, out, runs, main)
+    finally:
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def _run_all(args, cfg, out: Path, runs, main: bool) -> int:
+    from convssl.eval.finetune import finetune
+    from convssl.eval.finetune_report import write_comparison
+    from convssl.train import checkpoint as ckpt_io
+
     reports = {}
     for init, run_dir in runs:
         if main:
@@ -69,14 +80,15 @@ def run(args) -> int:
         reports[init] = finetune(args.ckpt, args.train, args.val, run_dir, cfg, init=init, labels=out / "labels",
                                  resume=resume, device=args.device, progress=not args.quiet,
                                  stop_after=args.stop_after)
-        if main and reports[init]:
+        if not reports[init]["finished"]:
+            if main:
+                print("stopped early; continue with the same command plus --resume")
+            return 0
+        if main:
             r = reports[init]
             print(f"{init}: top-1 {100 * r['top1']:.2f}% on {r['counts']['val']} val samples after "
                   f"{r['protocol']['steps']} steps, {r['labels']['count']} labels ({r['seconds']:.0f} s); "
                   f"{run_dir / 'report.md'}")
-        elif main:
-            print("stopped early; continue with the same command plus --resume")
-            return 0
     if main and args.baseline:
         paths = write_comparison(reports["pretrained"], reports["random"], out, out / "baseline")
         print(paths["md"].read_text())

@@ -128,7 +128,8 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     pretrained run's); default ``out/labels``, chosen and written when missing.
     ``stop_after`` ends this call after that many steps with a checkpoint (the schedule
     unchanged); ``resume=True`` continues the latest checkpoint in ``out``.
-    Returns the report dict (top-1 as fractions in [0, 1]) on rank 0; ``{}`` elsewhere.
+    Returns ``{"finished": bool}``; on rank 0 of a finished run, with the report's keys
+    (top-1 as fractions in [0, 1]).
     """
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}, not {init!r}")
@@ -215,13 +216,14 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
         if log:
             log.close()
 
-    report = {}
-    if step >= plan.total_steps and info.is_main:
+    report = {"finished": step >= plan.total_steps}
+    if report["finished"] and info.is_main:
         final = history[-1] if history and history[-1]["step"] == step else _evaluate(model, run, cfg)
         if not history or history[-1]["step"] != step:
             history.append({"step": step, **final})
         report = _report(cfg, run, plan, final, history, record, time.perf_counter() - started, dev)
         write_report(report, run_dir)
+        report["finished"] = True
     cdist.barrier()
     return report
 
