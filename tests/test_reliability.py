@@ -361,3 +361,118 @@ def test_ci_has_every_reference_library(module):
     import importlib
 
     importlib.import_module(module)
+
+
+# ---- the trainer -------------------------------------------------------------------------
+
+UNLABELED = FMNIST / "unlabeled"
+
+
+def tiny_recipe(**sections):
+    """Rotation on a small convnet at 16 px: a step takes milliseconds."""
+    base = {
+        "encoder": {"spec": "custom_nets:small_convnet", "in_chans": 1},
+        "data": {"size": 16, "channels": 1, "mean": [0.286], "std": [0.353], "batch_size": 8, "workers": 0,
+                 "shuffle_buffer": 64, "scale": [0.3, 1.0]},
+        "task": {"name": "rotation", "head": "linear"},
+        "optim": {"name": "sgd", "lr_per_256": 0.5, "warmup_epochs": 0},
+        "train": {"seed": 1, "log_every": 1, "ckpt_every": 0, "channels_last": False, "max_steps": 6},
+    }
+    for name, values in sections.items():
+        base[name] = {**base[name], **values}
+    return recipe_from_dict(base)
+
+
+def all_finite(ckpt: dict) -> bool:
+    tensors = {**ckpt["task"], **{f"opt.{k}.{n}": v for k, s in ckpt["optimizer"]["state"].items()
+                                  for n, v in s.items() if torch.is_tensor(v)}}
+    return not ckpt_io.non_finite(tensors)
+
+
+def test_one_nan_step_is_skipped_and_counted_and_touches_nothing(tmp_path):
+    from convssl.train.trainer import pretrain
+
+    recipe = tiny_recipe(encoder={"spec": "custom_nets:misbehaving_convnet", "kwargs": {"at_call": 3}})
+    summary = pretrain(recipe, str(UNLABELED), tmp_path / "run", progress=False)
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 1
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line.get("skipped_steps", 0) for line in lines] == [0, 0, 1, 1, 1, 1]
+    ckpt = ckpt_io.load(tmp_path / "run")
+    assert all_finite(ckpt)  # BatchNorm's running statistics included: the NaN forward was undone
+    assert int(ckpt["task"]["encoder.model.2.num_batches_tracked"]) == 5  # 6 forwards, 1 undone
+
+
+def test_diverged_run_stops_with_a_finite_checkpoint_and_resumes_with_a_remedy(tmp_path, capsys):
+    """3 NaN steps in a row (max_bad_steps 3): stop with a finite checkpoint; the advice
+    (lower the learning rate, clip) is then allowed on --resume, with a warning."""
+    from convssl.train.trainer import pretrain
+
+    run = tmp_path / "run"
+    nan_streak = {"spec": "custom_nets:misbehaving_convnet", "kwargs": {"at_call": 3, "count": 3}}
+    diverging = tiny_recipe(encoder=nan_streak, train={"max_steps": 10, "max_bad_steps": 3})
+    with pytest.raises(ConvsslError, match=r"NaN or infinite for 3 steps in a row \(up to step 5; 3 skipped in all\)"
+                                           r".* The finite state is saved to .*step-00000005.pt"):
+        pretrain(diverging, str(UNLABELED), run, progress=False)
+    ckpt = ckpt_io.load(run)
+    assert ckpt["step"] == 5 and all_finite(ckpt)
+    stale = run / "checkpoints" / ".step-00000099.pt.999999999.0123abcd.convssl-tmp"
+    stale.write_bytes(b"\0" * 100)  # as kill -9 during a save leaves it
+    # 2 more steps: the fresh model's streak (its calls 3-5) is not reached
+    remedy = tiny_recipe(encoder=nan_streak, optim={"lr_per_256": 0.1, "clip_grad": 1.0},
+                         train={"max_steps": 7, "max_bad_steps": 3})
+    capsys.readouterr()
+    summary = pretrain(remedy, str(UNLABELED), run, progress=False, resume=True)
+    err = capsys.readouterr().err
+    assert "--resume changes optim.clip_grad (0.0 -> 1.0), optim.lr_per_256 (0.5 -> 0.1)" in err
+    assert summary["steps"] == 7 and summary["skipped_steps"] == 0 and all_finite(ckpt_io.load(run))
+    assert not stale.exists()
+
+
+def test_weights_blown_up_by_an_update_never_reach_a_checkpoint(tmp_path):
+    from convssl.train.trainer import pretrain
+
+    wild = tiny_recipe(optim={"lr_per_256": 1e12, "nesterov": False}, train={"max_steps": 12, "ckpt_every": 1})
+    with pytest.raises(ConvsslError, match="NaN or infinite"):
+        pretrain(wild, str(UNLABELED), tmp_path / "run", progress=False)
+    saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert saved and all(all_finite(ckpt_io.load(p)) for p in saved)
+
+
+def test_warmup_longer_than_the_run_warns(tmp_path, capsys):
+    from convssl.train.trainer import pretrain
+
+    pretrain(tiny_recipe(optim={"warmup_epochs": 10}, train={"max_steps": 2}), str(UNLABELED), tmp_path / "r",
+             progress=False)
+    err = capsys.readouterr().err
+    assert "warning: optim.warmup_epochs 10 is 6250 steps, longer than the whole run (2 steps)" in err
+    assert "never gets past 0% of its peak" in err
+
+
+def test_data_and_output_errors_come_before_the_model_is_built(tmp_path, a_file):
+    from convssl.train.trainer import pretrain
+
+    never = tiny_recipe(encoder={"spec": "custom_nets:unbuildable"})  # raises if it is ever built
+    with pytest.raises(ConvsslError, match="does not exist|no shards|not a shard"):
+        pretrain(never, str(tmp_path / "nowhere"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConvsslError, match="is a file, not a folder"):
+        pretrain(never, str(UNLABELED), a_file / "run", progress=False)
+
+
+@pytest.mark.parametrize("case", ["--out under a file", "unwritable --out", "model error in a step"])
+def test_pretrain_errors_exit_in_one_line_within_seconds(tmp_path, a_file, case):
+    out = {"--out under a file": a_file / "run", "unwritable --out": _unwritable_folder(tmp_path)}.get(
+        case, tmp_path / "run")
+    spec = "custom_nets:misbehaving_convnet" if case == "model error in a step" else "custom_nets:small_convnet"
+    done, seconds = convssl_cli(
+        "pretrain", "--recipe", RECIPES / "rotation_resnet18_small.yaml", "--data", UNLABELED, "--out", out,
+        "--max-steps", "5", "--quiet", "--device", "cpu", "--set", f"encoder.spec={spec}",
+        "--set", "encoder.small_input=false", "--set", "data.batch_size=8", "--set", "data.workers=2",
+        "--set", "encoder.kwargs={at_call: 2, mode: raise}" if "model" in case else "train.log_every=1",
+        timeout=120)
+    assert seconds < 40, f"{case}: {seconds:.0f} s"
+    if case == "model error in a step":  # not the user's input: a traceback, but no hang
+        assert done.returncode == 1 and "the model broke at call 2" in done.stderr
+        return
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert ("is a file, not a folder" if "file" in case else "is not writable") in one_line_error(done.stderr)

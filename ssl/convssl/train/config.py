@@ -57,6 +57,8 @@ class TrainConfig:
         manage it themselves: SparK's sparse BN syncs visible positions, MoCo uses shuffle-BN).
     ckpt_every / log_every / image_every: in optimizer steps (0 = only at the end / never).
     keep_checkpoints: how many step checkpoints to keep (the newest).
+    max_bad_steps: stop (with a checkpoint of the last finite state) after this many steps
+        in a row whose loss or gradients were NaN or infinite; each such step is skipped.
     """
 
     epochs: float = 100.0
@@ -70,6 +72,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     image_every: int = 0
+    max_bad_steps: int = 5
 
     def __post_init__(self):
         at_least("epochs", self.epochs, 0)
@@ -79,3 +82,4 @@ class TrainConfig:
         for name in ("ckpt_every", "log_every", "image_every"):
             at_least(f"{name} (0 = off)", getattr(self, name), 0)
         at_least("keep_checkpoints", self.keep_checkpoints, 1)
+        at_least("max_bad_steps", self.max_bad_steps, 1)
