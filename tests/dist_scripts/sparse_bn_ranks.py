@@ -16,7 +16,7 @@ from convssl.sparse import SparseEncoder
 
 def encoder() -> SparseEncoder:
     torch.manual_seed(0)
-    return SparseEncoder.from_encoder(Encoder(nn.Sequential(
+    return SparseEncoder(Encoder(nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1),
         nn.Conv2d(8, 8, 3, stride=2, padding=1)), input_size=16)).train()
 

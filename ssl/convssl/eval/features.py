@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from convssl.data.crops import ResizeCenterCrop
+from convssl.data.views import Named
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.tar_stream import iter_tar_samples
@@ -87,7 +88,7 @@ def labeled_batches(spec: str, size: int, channels: int, batch_size: int,
     """
     urls, manifest = resolve_shards(spec)
     _check_labeled(spec, urls, manifest)
-    dataset = ShardDataset(urls, transform=ResizeCenterCrop(size, resize=eval_resize(size)), channels=channels,
+    dataset = ShardDataset(urls, transform=Named(ResizeCenterCrop(size, resize=eval_resize(size))), channels=channels,
                            labeled=True, shuffle_buffer=0, seed=0, infinite=False, manifest=manifest)
     with loader_batches(make_loader(dataset, batch_size, workers, persistent_workers=False)) as batches:
         yield ((batch["img"], batch["cls"]) for batch in batches)
