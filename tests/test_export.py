@@ -32,7 +32,7 @@ def make_checkpoint(path, cfg: EncoderConfig, data: DataConfig):
         "config": {"encoder": to_dict(cfg), "data": to_dict(data), "task": {"name": "rotation"},
                    "optim": {"name": "sgd"}, "train": {"seed": 0}},
         "encoder": encoder.backbone_state_dict(),
-        "versions": {"torch": torch.__version__},
+        "versions": {"torch": str(torch.__version__)},
     }
     return checkpoint.save_atomic(ckpt, path), encoder
 

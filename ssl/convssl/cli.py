@@ -55,6 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convssl {args._name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _kill_leftover_workers()
+
+
+def _kill_leftover_workers() -> None:
+    """Last resort against a hang at exit: loader workers ignore SIGTERM, which is what
+    multiprocessing's exit handler sends daemonic children before waiting for them. Every
+    command stops its workers itself (``convssl.workers``); any still alive here are
+    leftovers of an error path, and a user's job must end, not wait for them forever."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
 
 
 if __name__ == "__main__":
