@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convssl.data.manifest import Manifest, ShardInfo
-from convssl.data.tar_stream import iter_tar_samples
+from convssl.data.tar_stream import iter_shard
 from convssl.data.urls import resolve_shards
 from convssl.errors import DataError
 
@@ -60,7 +60,7 @@ def index_labels(spec: str) -> LabelIndex:
         raise DataError(f"{spec!r} holds unlabeled shards; fine-tuning needs labeled ones (convssl shards --labeled)")
     keys, labels, corrupt = [], [], 0
     for url in urls:
-        for key, members in iter_tar_samples(url):
+        for key, members in iter_shard(url):
             try:
                 labels.append(int(members["cls"].decode("ascii").strip()))
             except (KeyError, UnicodeDecodeError, ValueError):
@@ -119,7 +119,7 @@ def write_subset(index: LabelIndex, chosen: list[str], out_dir: str | Path, *, f
     label_of = dict(zip(index.keys, index.labels))
     try:
         for url in urls if copy_samples else ():
-            for key, members in iter_tar_samples(url):
+            for key, members in iter_shard(url):
                 if key not in wanted:
                     continue
                 if writer is None or count == MAX_PER_SHARD:
