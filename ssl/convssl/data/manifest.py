@@ -7,10 +7,10 @@ fully written before the manifest was renamed into place.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from convssl.atomic import write_atomic
 from convssl.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -70,14 +70,7 @@ class Manifest:
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/manifest.json`` atomically (temp file, fsync, rename)."""
-        path = Path(folder) / MANIFEST_NAME
-        temp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-        with open(temp, "w") as f:
-            f.write(self.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        return path
+        return write_atomic(Path(folder) / MANIFEST_NAME, self.to_json())
 
 
 def read_manifest(path: str | Path) -> Manifest:
