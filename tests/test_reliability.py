@@ -303,7 +303,7 @@ def test_probe_errors_exit_2_in_one_line_within_seconds(tmp_path, a_file):
         done, seconds = convssl_cli(*argv, timeout=120)
         assert done.returncode == 2, (name, done.stderr[-2000:])
         assert message in one_line_error(done.stderr), name
-        assert seconds < 30, f"{name}: {seconds:.0f} s"
+        assert seconds < 60, f"{name}: {seconds:.0f} s"  # a hang never ends (timeout 120 s)
 
 
 def test_feature_pass_stops_its_workers_when_the_encoder_fails():
@@ -470,7 +470,7 @@ def test_pretrain_errors_exit_in_one_line_within_seconds(tmp_path, a_file, case)
         "--set", "encoder.small_input=false", "--set", "data.batch_size=8", "--set", "data.workers=2",
         "--set", "encoder.kwargs={at_call: 2, mode: raise}" if "model" in case else "train.log_every=1",
         timeout=120)
-    assert seconds < 40, f"{case}: {seconds:.0f} s"
+    assert seconds < 60, f"{case}: {seconds:.0f} s"  # a hang never ends (timeout 120 s)
     if case == "model error in a step":  # not the user's input: a traceback, but no hang
         assert done.returncode == 1 and "the model broke at call 2" in done.stderr
         return
