@@ -29,13 +29,22 @@ def final_task_weights(run: Path) -> dict:
     return ckpt_io.load(ckpt_io.latest(run / "checkpoints"))["task"]
 
 
+def _free_port() -> int:
+    """A port nobody listens on now (a fixed one collides with parallel test runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_torchrun_ranks_equal_one_process(tmp_path):
     steps, batch = 3, 16
     single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), str(steps), str(batch)],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", "29531", str(SCRIPT), str(tmp_path / "two"), str(steps), str(batch)]
+                "--master-port", str(_free_port()), str(SCRIPT), str(tmp_path / "two"), str(steps), str(batch)]
     ddp = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = final_task_weights(tmp_path / "one"), final_task_weights(tmp_path / "two")

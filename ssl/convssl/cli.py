@@ -19,6 +19,8 @@ COMMANDS = {
     "info": "show an encoder's stages, channels, reductions and parameter count",
     "quickstart": "pretrain on the embedded sample, probe, and compare with random init",
     "bench": "measure speed: loader throughput (data) or a training step (step)",
+    "finetune": "fine-tune a pretrained encoder with a fresh head on a (few-)label subset, vs random init",
+    "embed": "draw a 2-D map (UMAP, t-SNE or PCA) of an encoder's features coloured by label",
 }
 
 
