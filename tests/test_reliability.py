@@ -184,6 +184,16 @@ def test_export_cleans_stale_temps_and_refuses_non_finite_weights(tmp_path):
         export_backbone(bad, tmp_path / "nan.pth", fmt="state_dict")
     assert not (tmp_path / "nan.pth").exists()
 
+    from convssl.export import export_torchscript
+
+    ts_stale = out / ".backbone.torchscript.pt.999999999.0123abcd.convssl-tmp"
+    ts_stale.write_bytes(b"\0" * 1000)
+    export_torchscript(good, out)  # deployment formats share the helper and the checks
+    assert not ts_stale.exists() and (out / "backbone.torchscript.pt").is_file()
+    with pytest.raises(ConvsslError, match=r"NaN or infinite weights in 1 tensor\(s\) \(0.weight\)"):
+        export_torchscript(bad, tmp_path / "nan.torchscript.pt")
+    assert not (tmp_path / "nan.torchscript.pt").exists()
+
 
 # ---- item 8: configuration mistakes are one line, before anything is built -------------
 
@@ -339,7 +349,7 @@ def test_feature_pass_stops_its_workers_when_the_encoder_fails():
 
 # ---- item 10: CI runs the peer-reference tests ------------------------------------------
 
-REFERENCE_LIBRARIES = ("spconv", "onnx", "onnxruntime", "sklearn", "timm", "lightly", "safetensors")
+REFERENCE_LIBRARIES = ("spconv", "onnx", "onnxscript", "onnxruntime", "sklearn", "timm", "lightly", "safetensors")
 
 
 def test_ci_and_readme_install_the_test_extra_with_the_same_command():
