@@ -310,10 +310,10 @@ def test_probe_errors_exit_2_in_one_line_within_seconds(tmp_path, a_file):
                              "is not writable"),
     }
     for name, (argv, message) in cases.items():
-        done, seconds = convssl_cli(*argv, timeout=120)
+        done, seconds = convssl_cli(*argv, timeout=150)
         assert done.returncode == 2, (name, done.stderr[-2000:])
         assert message in one_line_error(done.stderr), name
-        assert seconds < 60, f"{name}: {seconds:.0f} s"  # a hang never ends (timeout 120 s)
+        assert seconds < 90, f"{name}: {seconds:.0f} s"  # a hang never ends (timeout 150 s)
 
 
 def test_feature_pass_stops_its_workers_when_the_encoder_fails():
@@ -479,8 +479,8 @@ def test_pretrain_errors_exit_in_one_line_within_seconds(tmp_path, a_file, case)
         "--max-steps", "5", "--quiet", "--device", "cpu", "--set", f"encoder.spec={spec}",
         "--set", "encoder.small_input=false", "--set", "data.batch_size=8", "--set", "data.workers=2",
         "--set", "encoder.kwargs={at_call: 2, mode: raise}" if "model" in case else "train.log_every=1",
-        timeout=120)
-    assert seconds < 60, f"{case}: {seconds:.0f} s"  # a hang never ends (timeout 120 s)
+        timeout=150)
+    assert seconds < 90, f"{case}: {seconds:.0f} s"  # a hang never ends (timeout 150 s)
     if case == "model error in a step":  # not the user's input: a traceback, but no hang
         assert done.returncode == 1 and "the model broke at call 2" in done.stderr
         return
