@@ -31,6 +31,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from convssl.data.crops import RandomResizedCrop
 from convssl.data.idx import FASHION_MNIST_CLASSES, load_idx_dataset
 from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.views import Named
 from convssl.data.sources import open_source
 from convssl.data.writer import write_shards
 
@@ -104,7 +105,7 @@ def compare(name: str, files: Path, shards: Path, crop: RandomResizedCrop, mode:
     """Best of ``rounds`` alternating runs each way (the machine may be shared)."""
     shard_rates, folder_rates = [], []
     for _ in range(rounds):
-        shard_dataset = ShardDataset(str(shards), transform=crop, labeled=True, shuffle_buffer=500,
+        shard_dataset = ShardDataset(str(shards), transform=Named(crop), labeled=True, shuffle_buffer=500,
                                      channels=1 if mode == "L" else 3)
         shard_rates.append(images_per_second(make_loader(shard_dataset, batch_size, workers), epochs))
         folder = ImageFolder(str(files), transform=PilCrop(crop, mode))

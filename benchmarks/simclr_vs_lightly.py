@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
 
     images = load_images(args.images)
-    data = DataConfig(size=32, channels=1, mean=MEAN, std=STD, views=2, scale=(0.2, 1.0),
+    data = DataConfig(size=32, channels=1, mean=MEAN, std=STD, scale=(0.2, 1.0),
                       batch_size=args.batch)
     color = ColorAugConfig(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, grayscale_p=0.0)
     crop = RandomResizedCrop(32, scale=data.scale)

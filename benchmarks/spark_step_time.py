@@ -69,7 +69,7 @@ def bench(enc_kwargs, data, batch, width, steps, warmup, channels_last):
         task.encoder(xd, mask)[-1].mean().backward()
 
     opt = torch.optim.AdamW(task.parameters(), lr=1e-4)
-    batch_dict = {"img": img.contiguous(memory_format=fmt)}
+    batch_dict = {"img": [img.contiguous(memory_format=fmt)]}
 
     def spark_step():
         opt.zero_grad(set_to_none=True)

@@ -149,7 +149,7 @@ def test_momentum_schedules():
 def _moco(queue_size=5, out_dim=2, **kw):
     torch.manual_seed(0)
     enc = Encoder(_load_dist_script().tiny_convnet("bn"), input_size=16, in_chans=1)
-    data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,), views=2)
+    data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,))
     return build_task({"name": "moco", "queue_size": queue_size, "proj_hidden_dim": 16,
                        "proj_out_dim": out_dim, **kw}, enc, data)
 
@@ -226,7 +226,7 @@ def _encoder(spec: str, channels: int):
 def _check_task_on(spec: str, name: str):
     enc, size, c = _encoder(spec, channels=3)
     mean, std = (0.5,) * c, (0.25,) * c
-    data = DataConfig(size=size, channels=c, mean=mean, std=std, views=2)
+    data = DataConfig(size=size, channels=c, mean=mean, std=std)
     extra = {"queue_size": 32, "bn_groups": 2} if name == "moco" else {}
     task = build_task({"name": name, "proj_hidden_dim": 64, "proj_out_dim": 16, **extra}, enc, data)
     views = [torch.randint(0, 256, (8, c, size, size), dtype=torch.uint8) for _ in range(2)]
@@ -263,7 +263,7 @@ def test_recipes_build():
         if not path.name.startswith(("simclr", "moco")):
             continue
         recipe = load_recipe(path)  # every section typed and checked, the task's included
-        assert recipe.data.views == 2 and recipe.task["name"] in ("simclr", "moco")
+        assert recipe.task["name"] in ("simclr", "moco")
         if "imagenet" in path.name:
             continue  # resnet50 at 224 px: building is slow, the schema check above suffices
         section = recipe.task | ({"bn_groups": 2} if "bn_groups" in recipe.task else {})  # batch of 4
@@ -337,13 +337,17 @@ def test_worker_transform_keeps_uint8_views(channels):
 
 
 def test_worker_path_skips_device_augmentation():
-    data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,), views=2)
+    data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,))
     enc = Encoder(_load_dist_script().tiny_convnet("gn"), input_size=16, in_chans=1)
     task = build_task({"name": "simclr", "augment_on": "worker"}, enc, data)
     img = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
     assert torch.equal(task.prepare(img), (img.float() / 255 - 0.5) / 0.25)
-    assert task.worker_transform() is not None
-    assert build_task({"name": "simclr"}, enc, data).worker_transform() is None
+    assert task.loader_transform().augment is not None
+    assert build_task({"name": "simclr"}, enc, data).loader_transform().augment is None
+    # worker path: each of the two views is cropped, then photometrically augmented, as uint8
+    views = task.loader_transform()(torch.randint(0, 256, (1, 24, 24), dtype=torch.uint8),
+                                    torch.Generator().manual_seed(0))["img"]
+    assert len(views) == 2 and all(v.shape == (1, 16, 16) and v.dtype == torch.uint8 for v in views)
 
 
 # ---- through the trainer ----------------------------------------------------------------

@@ -20,6 +20,7 @@ from convssl.data.idx import FASHION_MNIST_CLASSES, find_idx_files, read_idx
 from convssl.data.manifest import read_manifest
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.views import CropViews, Named
 from convssl.data.sources import open_source
 from convssl.data.urls import resolve_shards
 from convssl.data.writer import write_shards
@@ -250,7 +251,7 @@ def test_order_depends_on_seed_and_epoch_only(tmp_path: Path):
 @pytest.mark.parametrize("start_batches", [6, 7])
 def test_resume_continues_the_uninterrupted_stream(tmp_path: Path, start_batches: int):
     shards = _make_shards(tmp_path, 24, maxcount=6)  # 4 shards, 2 workers: 12 samples a worker and epoch
-    crop = RandomResizedCrop(6, scale=(0.3, 1.0))
+    crop = Named(RandomResizedCrop(6, scale=(0.3, 1.0)))
 
     def batches(start: int, count: int) -> list[tuple]:
         dataset = ShardDataset(str(shards), transform=crop, shuffle_buffer=5, seed=7, infinite=True,
@@ -316,8 +317,8 @@ def test_embedded_fmnist_manifests(folder: str, count: int, labeled: bool):
 
 def test_crops_are_deterministic_per_generator():
     img_CHW = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
-    two = RandomResizedCrop(16, views=2)
-    first, again = two(img_CHW, torch.Generator().manual_seed(0)), two(img_CHW, torch.Generator().manual_seed(0))
+    two = CropViews(RandomResizedCrop(16), views=2)
+    first, again = (two(img_CHW, torch.Generator().manual_seed(s))["img"] for s in (0, 0))
     assert isinstance(first, list) and len(first) == 2 and first[0].shape == (3, 16, 16)
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and not torch.equal(first[0], first[1])
     one = RandomResizedCrop(16)(img_CHW, torch.Generator().manual_seed(0))

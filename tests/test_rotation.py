@@ -28,7 +28,7 @@ def test_task_loss_and_gradients_reach_the_encoder():
     data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.5,))
     enc = build_encoder("custom_nets:small_convnet", in_chans=1, input_size=16)
     task = RotationPrediction(enc, RotationPrediction.Config(head="linear"), data)
-    out = task({"img": torch.randint(0, 255, (4, 1, 16, 16), dtype=torch.uint8)})
+    out = task({"img": [torch.randint(0, 255, (4, 1, 16, 16), dtype=torch.uint8)]})
     assert torch.isfinite(out["loss"]) and 0 <= out["acc"] <= 1
     # four balanced classes and an untrained head: cross-entropy near log(4)
     assert abs(out["loss"].item() - torch.log(torch.tensor(4.0)).item()) < 0.7

@@ -55,7 +55,7 @@ def test_no_leakage_and_zero_masked_positions(name):
     make, size = ENCODERS[name]
     dense = make()
     keys = list(dense.model.state_dict())
-    enc = SparseEncoder.from_encoder(dense).train()
+    enc = SparseEncoder(dense).train()
     assert list(enc.model.state_dict()) == keys, "parameter and buffer names must not change"
 
     g = torch.Generator().manual_seed(1)
@@ -81,7 +81,7 @@ def test_sparse_batch_norm_matches_hand_computation():
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=0.3)
     nn.init.normal_(bn.weight), nn.init.normal_(bn.bias)
-    enc = SparseEncoder.from_encoder(Encoder(nn.Sequential(conv, bn, nn.ReLU(), nn.MaxPool2d(2),
+    enc = SparseEncoder(Encoder(nn.Sequential(conv, bn, nn.ReLU(), nn.MaxPool2d(2),
                                                            nn.Conv2d(8, 8, 3, padding=1)), input_size=16))
     x = torch.randn(4, 3, 16, 16)
     mask = random_patch_mask(4, (8, 8), 0.6, generator=torch.Generator().manual_seed(3))
@@ -106,7 +106,7 @@ def test_sparse_group_norm_matches_hand_computation():
     torch.manual_seed(0)
     gn = nn.GroupNorm(2, 8)
     nn.init.normal_(gn.weight), nn.init.normal_(gn.bias)
-    enc = SparseEncoder.from_encoder(Encoder(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), gn,
+    enc = SparseEncoder(Encoder(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), gn,
                                                            nn.Conv2d(8, 8, 3, stride=2, padding=1),
                                                            nn.Conv2d(8, 8, 3, stride=2, padding=1)),
                                              input_size=16))
@@ -139,7 +139,7 @@ def test_all_visible_equals_dense(name, train):
                 mod.running_mean.normal_()
                 mod.running_var.uniform_(0.5, 2.0)
     ref = copy.deepcopy(dense)
-    enc = SparseEncoder.from_encoder(dense)
+    enc = SparseEncoder(dense)
     x = torch.randn(2, 3, size, size)
     ones = torch.ones(2, 1, *enc.grid((size, size)), dtype=torch.bool)
     want, got = run(ref, x, None), run(enc, x, ones)
@@ -153,20 +153,28 @@ def test_all_visible_equals_dense(name, train):
             assert torch.equal(g, w)
 
 
-def test_no_mask_is_exactly_dense_and_dense_copy_restores_classes():
+def test_sparse_twin_leaves_the_dense_encoder_unchanged_and_shares_its_parameters():
     make, size = ENCODERS["mobilenet_v3_large"]
-    dense = make().eval()
+    dense = make()
     ref = copy.deepcopy(dense)
-    enc = SparseEncoder.from_encoder(dense)
+    enc = SparseEncoder(dense)
     x = torch.randn(2, 3, size, size)
-    for w, g in zip(run(ref, x, None), run(enc, x, None)):
+    mask = random_patch_mask(2, enc.grid((size, size)), 0.5, generator=torch.Generator().manual_seed(0))
+    enc(x, mask)[-1].sum().backward()  # a sparse training pass: BN running stats move, grads land
+    # the dense encoder keeps its classes, and is still the dense model: in eval mode (same
+    # running statistics, which the sparse pass updated in place) it computes what a dense copy does
+    assert not any(isinstance(mod, SparseLayer) for mod in dense.model.modules())
+    assert [type(mod) for mod in dense.model.modules()] == [type(mod) for mod in ref.model.modules()]
+    ref.load_state_dict(dense.state_dict())
+    dense.eval(), ref.eval()
+    for w, g in zip(run(ref, x, None), run(dense, x, None)):
         assert torch.equal(w, g)
-    back = enc.dense_copy()
-    assert type(back) is Encoder
-    assert not any(isinstance(mod, SparseLayer) for mod in back.model.modules())
-    assert [type(mod) for mod in back.model.modules()] == [type(mod) for mod in ref.model.modules()]
-    for w, g in zip(run(ref, x, None), run(back, x, None)):
-        assert torch.equal(w, g)
+    # one set of Parameter objects: the sparse pass's gradients are the dense encoder's
+    assert [id(p) for p in enc.parameters()] == [id(p) for p in dense.parameters()]
+    assert all(p.grad is not None for p in dense.parameters())
+    # the twin follows train/eval of the dense modules at each call
+    enc(x, mask)
+    assert all(twin.training == orig.training for twin, orig in enc.view.twins)
 
 
 def test_squeeze_excitation_and_global_pool_ignore_masked_positions():
@@ -183,7 +191,7 @@ def test_squeeze_excitation_and_global_pool_ignore_masked_positions():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), SqueezeExcitation(8, 4), CustomSE(8),
                           nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1))
     ref = copy.deepcopy(model)
-    enc = SparseEncoder.from_encoder(Encoder(model, input_size=16))
+    enc = SparseEncoder(Encoder(model, input_size=16))
     got = {}
     enc.model[2].register_forward_hook(lambda mod, i, o: got.setdefault("y", o))
     x = torch.randn(2, 3, 16, 16)
@@ -215,12 +223,12 @@ def test_unknown_layer_error_names_the_layer():
                           nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), Scale()),
                           nn.Conv2d(8, 8, 3, stride=2, padding=1))
     with pytest.raises(EncoderError, match=r"1\.1 \(.*Scale\)"):
-        SparseEncoder.from_encoder(Encoder(model, input_size=16))
+        SparseEncoder(Encoder(model, input_size=16))
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Upsample(scale_factor=1.0),
                           nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1))
     with pytest.raises(EncoderError, match=r"1 \(.*Upsample\)"):
-        SparseEncoder.from_encoder(Encoder(model, input_size=16))
+        SparseEncoder(Encoder(model, input_size=16))
 
 
 def test_custom_elementwise_layer_can_be_declared():
@@ -230,7 +238,7 @@ def test_custom_elementwise_layer_can_be_declared():
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Swish(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
                           nn.Conv2d(8, 8, 3, stride=2, padding=1))
-    enc = SparseEncoder.from_encoder(Encoder(model, input_size=16), elementwise=(Swish,))
+    enc = SparseEncoder(Encoder(model, input_size=16), elementwise=(Swish,))
     mask = random_patch_mask(2, (4, 4), 0.5)
     out = enc(torch.randn(2, 3, 16, 16), mask)
     for f in out:
@@ -238,13 +246,13 @@ def test_custom_elementwise_layer_can_be_declared():
 
 
 def test_bad_sizes_and_masks_get_clear_errors():
-    enc = SparseEncoder.from_encoder(ENCODERS["resnet18_small"][0]())
+    enc = SparseEncoder(ENCODERS["resnet18_small"][0]())
     with pytest.raises(EncoderError, match="not a multiple of the encoder's total reduction 8"):
         enc.grid((36, 36))
     with pytest.raises(EncoderError, match="at least 4 patches"):
         enc.grid((8, 8))
     with pytest.raises(EncoderError, match="at least 4 patches"):
-        SparseEncoder.from_encoder(build_encoder("torchvision:resnet18", input_size=64)).grid((32, 32))
+        SparseEncoder(build_encoder("torchvision:resnet18", input_size=64)).grid((32, 32))
     x = torch.randn(2, 1, 36, 36)
     with pytest.raises(EncoderError, match="multiple"):
         enc(x, torch.ones(2, 1, 4, 4, dtype=torch.bool))
@@ -262,8 +270,9 @@ def test_random_mask_keeps_round_n_visible_per_image():
 
 
 def test_replacing_layers_after_conversion_is_caught():
-    enc = SparseEncoder.from_encoder(ENCODERS["resnet18_small"][0]())
-    enc.model.bn1 = nn.BatchNorm2d(64)  # what nn.SyncBatchNorm.convert_sync_batchnorm would do
+    dense = ENCODERS["resnet18_small"][0]()
+    enc = SparseEncoder(dense)
+    dense.model.bn1 = nn.BatchNorm2d(64)  # what nn.SyncBatchNorm.convert_sync_batchnorm would do
     with pytest.raises(EncoderError, match="bn1 .*replaced"):
         enc(torch.randn(2, 1, 32, 32), random_patch_mask(2, (4, 4), 0.5))
 
@@ -273,7 +282,7 @@ def _cross_rank_worker(rank, world, init_file, x, mask, result):
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    enc = SparseEncoder.from_encoder(Encoder(nn.Sequential(
+    enc = SparseEncoder(Encoder(nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1),
         nn.Conv2d(8, 8, 3, stride=2, padding=1)), input_size=16)).train()
     part = slice(rank * 2, rank * 2 + 2)
@@ -293,7 +302,7 @@ def test_cross_rank_sparse_bn_equals_one_process(tmp_path):
     result = mp.Manager().dict()
     mp.spawn(_cross_rank_worker, args=(2, str(tmp_path / "init"), x, mask, result), nprocs=2)
     torch.manual_seed(0)
-    enc = SparseEncoder.from_encoder(Encoder(nn.Sequential(
+    enc = SparseEncoder(Encoder(nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1),
         nn.Conv2d(8, 8, 3, stride=2, padding=1)), input_size=16)).train()
     out = enc(x, mask)[0]
@@ -314,7 +323,7 @@ def test_channels_first_layernorm2d_like_timms():
                           nn.Conv2d(8, 8, 3, stride=2, padding=1))
     nn.init.normal_(model[1].bias)  # so that a missed re-mask would show
     ref = copy.deepcopy(model)
-    enc = SparseEncoder.from_encoder(Encoder(model, input_size=16))
+    enc = SparseEncoder(Encoder(model, input_size=16))
     x = torch.randn(2, 3, 16, 16)
     for w, g in zip(run(Encoder(ref, input_size=16), x, None), run(enc, x, torch.ones(2, 1, 4, 4, dtype=torch.bool))):
         torch.testing.assert_close(g, w)

@@ -1,7 +1,65 @@
 """convssl: self-supervised pretraining toolkit for convolutional networks.
 
-Importing the package is cheap: it pulls in no optional dependency (timm, spconv)
-and touches no GPU. Submodules are imported on use.
+The public API, the same steps as the CLI::
+
+    import convssl
+
+    recipe = convssl.load_recipe("recipes/quickstart_rotation.yaml", {"train.max_steps": 30})
+    run = convssl.pretrain(recipe, "data/fmnist/unlabeled", "runs/rot")
+    report = convssl.probe(run["checkpoint"], "data/fmnist/train", "data/fmnist/test", "runs/rot/probe")
+    sidecar = convssl.export(run["checkpoint"], "runs/rot/resnet18.pth")
+    encoder = convssl.build_encoder("torchvision:resnet50")   # any convnet, as stages
+
+Importing the package is cheap: it pulls in no optional dependency (timm, spconv), no
+torch, and touches no GPU; each function imports what it needs on first use.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+__all__ = ["load_recipe", "build_encoder", "pretrain", "probe", "export", "__version__"]
+
+
+def load_recipe(path, overrides=()):
+    """A validated ``Recipe`` from a YAML file plus overrides, given as ``key=value`` strings
+    (as ``--set`` takes them) or as a dict ``{"optim.lr_per_256": 0.1}``."""
+    from convssl.recipe import load_recipe as _load
+
+    return _load(path, overrides)
+
+
+def build_encoder(config, **overrides):
+    """An ``Encoder`` (the convnet seen as stages) from an ``EncoderConfig`` or a spec string
+    (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``) plus config fields."""
+    from convssl.encoders import build_encoder as _build
+
+    return _build(config, **overrides)
+
+
+def pretrain(recipe, data, out, **kwargs) -> dict:
+    """Pretrain ``recipe`` (a ``Recipe`` or a YAML path) on shards ``data`` into run folder
+    ``out``; keyword arguments as ``convssl.train.trainer.pretrain`` (``resume``, ``device``,
+    ``progress``, ``stop_after``). Returns the run summary, ``checkpoint`` included."""
+    from convssl.train.trainer import pretrain as _pretrain
+
+    if not hasattr(recipe, "task"):
+        recipe = load_recipe(recipe)
+    return _pretrain(recipe, data, out, **kwargs)
+
+
+def probe(checkpoint, train, val, out, **kwargs) -> dict:
+    """Linear-probe and kNN-evaluate the frozen encoder of ``checkpoint`` (a file or a run
+    folder) on labeled shards, with the input size, channels and normalisation of its recipe;
+    keyword arguments as ``convssl.eval.probe.probe``. Writes report.json/md and stages.png
+    into ``out`` and returns the report."""
+    from convssl.eval.probe import probe_checkpoint
+
+    return probe_checkpoint(checkpoint, train, val, out, **kwargs)
+
+
+def export(checkpoint, out, format: str | None = "torchvision", safetensors: bool = False) -> dict:
+    """Write the backbone of ``checkpoint`` in the original model's key space (verified by a
+    strict load) plus a JSON sidecar; returns the sidecar."""
+    from convssl.export import export_backbone
+
+    return export_backbone(checkpoint, out, fmt=format, safetensors=safetensors)

@@ -22,15 +22,6 @@ COMMANDS = {
 }
 
 
-def _command(name: str):
-    try:
-        return importlib.import_module(f"convssl.commands.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"convssl.commands.{name}":
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     from convssl import __version__
 
@@ -42,9 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module = _command(name)
-        if module is not None:
-            module.add_arguments(p)
+        module = importlib.import_module(f"convssl.commands.{name}")
+        module.add_arguments(p)
         p.set_defaults(_module=module, _name=name)
     return parser
 
@@ -55,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args._module is None:
-        print(f"convssl {args._name}: not available yet in this version", file=sys.stderr)
-        return 2
     try:
         return int(args._module.run(args) or 0)
     except ConvsslError as exc:

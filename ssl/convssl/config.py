@@ -147,3 +147,21 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             node = child
         node[parts[-1]] = value
     return data
+
+
+def set_keys(data: dict, values) -> dict:
+    """Return a copy of ``data`` with each dotted key of the mapping ``values`` set to its value
+    (the Python-API twin of ``apply_overrides``: values are used as given, not parsed)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for key, value in values.items():
+        parts = str(key).split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = copy.deepcopy(value)
+    return data

@@ -6,10 +6,11 @@ Every key is checked before anything runs: unknown keys and wrong types in any s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convssl.config import apply_overrides, from_dict, load_yaml, to_dict
+from convssl.config import apply_overrides, from_dict, load_yaml, set_keys, to_dict
 from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig
 from convssl.errors import ConfigError
@@ -60,8 +61,11 @@ def check_task_section(section: dict) -> None:
     from_dict(task_class(name).Config, section, path="task")
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    raw = apply_overrides(load_yaml(path), overrides)
+def load_recipe(path: str | Path, overrides: Mapping | list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe at ``path`` with ``overrides``: ``key=value`` strings (``--set``, values
+    parsed as YAML) or a mapping of dotted keys to values (``{"optim.lr_per_256": 0.1}``)."""
+    raw = load_yaml(path)
+    raw = set_keys(raw, overrides) if isinstance(overrides, Mapping) else apply_overrides(raw, overrides)
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown recipe section(s) {unknown}; sections are {', '.join(SECTIONS)}")

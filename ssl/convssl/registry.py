@@ -10,6 +10,7 @@ import importlib
 
 from convssl.config import from_dict
 from convssl.errors import ConfigError
+from convssl.tasks import check_task
 
 TASKS: dict[str, str] = {
     "rotation": "convssl.tasks.rotation:RotationPrediction",
@@ -23,7 +24,9 @@ def task_class(name: str) -> type:
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; available tasks: {', '.join(sorted(TASKS))}")
     module_path, attr = TASKS[name].split(":")
-    return getattr(importlib.import_module(module_path), attr)
+    cls = getattr(importlib.import_module(module_path), attr)
+    check_task(cls, name)
+    return cls
 
 
 def build_task(task_section: dict, encoder, data_cfg):

@@ -39,7 +39,7 @@ def make_task(name: str, bn_groups: int = 1):
 
     torch.manual_seed(0)
     encoder = Encoder(tiny_convnet("gn" if name == "simclr" else "bn"), input_size=SIZE, in_chans=1)
-    data = DataConfig(size=SIZE, channels=1, mean=(0.5,), std=(0.25,), views=2, batch_size=GLOBAL_BATCH)
+    data = DataConfig(size=SIZE, channels=1, mean=(0.5,), std=(0.25,), batch_size=GLOBAL_BATCH)
     # views arrive already augmented (worker path): both sides see identical inputs
     section = {"name": name, "augment_on": "worker", "proj_hidden_dim": 32, "proj_out_dim": 8}
     if name == "simclr":

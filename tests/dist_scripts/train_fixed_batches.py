@@ -15,6 +15,7 @@ sys.path.insert(0, str(HERE.parent))  # custom_nets
 from convssl import dist  # noqa: E402
 from convssl.data.crops import ResizeCenterCrop  # noqa: E402
 from convssl.data.reader import ShardDataset  # noqa: E402
+from convssl.data.views import Named  # noqa: E402
 from convssl.recipe import recipe_from_dict  # noqa: E402
 from convssl.train.trainer import pretrain  # noqa: E402
 
@@ -32,7 +33,7 @@ def recipe(steps: int, batch: int):
 
 
 def global_batches(steps: int, batch: int) -> list[torch.Tensor]:
-    data = ShardDataset(str(ROOT / "data/fmnist/unlabeled"), transform=ResizeCenterCrop(16), channels=1)
+    data = ShardDataset(str(ROOT / "data/fmnist/unlabeled"), transform=Named(ResizeCenterCrop(16)), channels=1)
     imgs = []
     for sample in data:
         imgs.append(sample["img"])
@@ -44,7 +45,7 @@ def global_batches(steps: int, batch: int) -> list[torch.Tensor]:
 def main(out: str, steps: int, batch: int) -> None:
     rank, world = int(dist.from_env().rank), int(dist.from_env().world_size)
     per_rank = batch // world
-    mine = [{"img": b[rank * per_rank:(rank + 1) * per_rank]} for b in global_batches(steps, batch)]
+    mine = [{"img": [b[rank * per_rank:(rank + 1) * per_rank]]} for b in global_batches(steps, batch)]
     pretrain(recipe(steps, batch), data="fixed batches", out=out, batches=mine, device="cpu", progress=False)
 
 

@@ -72,20 +72,13 @@ def run(args) -> int:
 
 
 def _from_checkpoint(args):
-    from convssl.train.checkpoint import load_encoder
+    from convssl.eval.probe import checkpoint_input
 
     for flag, value in (("--small-input", args.small_input), ("--in-chans", args.in_chans)):
         if value:
             raise ConfigError(f"{flag} applies to --encoder only; with --ckpt the encoder comes from the checkpoint")
-    encoder, ckpt = load_encoder(args.ckpt)
-    data = ckpt["config"].get("data", {})
-    channels = int(data.get("channels", encoder.in_chans))
-    mean, std = data.get("mean"), data.get("std")
-    if mean is None or std is None:
-        mean, std = _DEFAULT_NORM[channels]
-    return encoder, {"what": f"{ckpt['path']} (step {ckpt.get('step')})", "size": args.size or int(data.get("size", encoder.input_size)),
-                     "channels": channels, "mean": list(mean), "std": list(std),
-                     "checkpoint": ckpt["path"], "step": ckpt.get("step")}
+    encoder, info = checkpoint_input(args.ckpt)
+    return encoder, {**info, "what": f"{info['checkpoint']} (step {info['step']})", "size": args.size or info["size"]}
 
 
 def _random_init(args):

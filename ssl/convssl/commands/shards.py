@@ -59,14 +59,3 @@ def run(args: argparse.Namespace) -> int:
     if manifest.skipped:
         print(f"skipped {manifest.skipped} unreadable files")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run as ``python -m convssl.commands.shards`` until ``convssl`` dispatches here."""
-    parser = argparse.ArgumentParser(prog="convssl shards")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,6 @@ class DataConfig:
     channels: 1 (grayscale) or 3 (RGB); images are converted on decode.
     scale, ratio: RandomResizedCrop area and aspect ranges.
     flip: random horizontal flip.
-    views: independent crops per image (2 for contrastive tasks).
     mean, std: per-channel normalisation applied by the task (0-1 scale).
     batch_size: GLOBAL batch size (split over ranks).
     workers: loader worker processes per rank.
@@ -26,7 +25,6 @@ class DataConfig:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
-    views: int = 1
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     batch_size: int = 256
@@ -44,5 +42,3 @@ class DataConfig:
             )
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        if self.views < 1:
-            raise ValueError("views must be at least 1")

@@ -27,28 +27,21 @@ _ATTEMPTS = 10  # as torchvision: after 10 rejected boxes, fall back to a centra
 
 
 class RandomResizedCrop:
-    """``views`` independent random resized crops (and flips) of one image.
+    """One random resized crop (and flip) of an image; ``convssl.data.views.CropViews``
+    takes several (the two views of contrastive methods).
 
     Args:
         size: output side (square crops).
         scale: range of the crop area as a fraction of the image area.
         ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
-        flip: flip each view horizontally with probability 1/2.
-        views: 1 returns a (C, size, size) tensor; n > 1 a list of n of them (the two
-            views of contrastive methods).
+        flip: flip horizontally with probability 1/2.
     """
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), *, flip: bool = True, views: int = 1):
-        if views < 1:
-            raise ValueError(f"views must be at least 1, not {views}")
-        self.size, self.scale, self.ratio, self.flip, self.views = size, scale, ratio, flip, views
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), *, flip: bool = True):
+        self.size, self.scale, self.ratio, self.flip = size, scale, ratio, flip
 
-    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
-        crops = [self.crop_once(img_CHW, generator) for _ in range(self.views)]
-        return crops[0] if self.views == 1 else crops
-
-    def crop_once(self, img_CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One random resized crop (and maybe flip) of ``img_CHW``: (C, size, size)."""
         top, left, height, width = self.sample_box(img_CHW.shape[-2], img_CHW.shape[-1], generator)
         crop_CHW = resize(img_CHW[:, top:top + height, left:left + width], (self.size, self.size))
@@ -106,22 +99,3 @@ def resize(img_CHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
         return img_CHW
     img_1CHW = img_CHW.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     return F.interpolate(img_1CHW, size=size_hw, mode="bilinear", antialias=True, align_corners=False)[0]
-
-
-class CropThenAugment:
-    """Crops (one view or several), then ``augment`` on each uint8 view, in the worker.
-
-    ``augment`` may be a torchvision transform drawing from torch's global RNG: it is
-    seeded from the sample's own generator first, so each sample's augmentation is fixed
-    by (seed, epoch, position) and a resumed run reproduces it.
-    """
-
-    def __init__(self, crop, augment):
-        self.crop, self.augment = crop, augment
-
-    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator):
-        views = self.crop(img_CHW, generator)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        if isinstance(views, list):
-            return [self.augment(v) for v in views]
-        return self.augment(views)

@@ -42,12 +42,12 @@ from convssl.errors import DataError
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pnm")
 _MIN_SEEN_FOR_CORRUPT_CHECK = 50
 
-Transform = Callable[[torch.Tensor, torch.Generator], "torch.Tensor | list[torch.Tensor]"]
+Transform = Callable[[torch.Tensor, torch.Generator], dict]
 
 
-def identity(img_CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The default transform: the decoded uint8 image, unchanged."""
-    return img_CHW
+def identity(img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
+    """The default sample transform: the decoded uint8 image, unchanged, as ``img``."""
+    return {"img": img_CHW}
 
 
 @dataclass
@@ -70,11 +70,13 @@ class _CorruptSample(Exception):
 
 
 class ShardDataset(IterableDataset):
-    """Decoded samples ``{"img", "cls" (if labeled), "key"}`` from webdataset shards.
+    """Decoded samples from webdataset shards: the transform's entries (``{"img"}`` by
+    default), ``"cls"`` (if labeled) and ``"key"``.
 
     Args:
         urls: shard paths, or a spec for ``resolve_shards`` (folder, manifest, brace pattern).
-        transform: ``(img_uint8_CHW, generator) -> Tensor | list[Tensor]``; default identity.
+        transform: a sample transform ``(img_uint8_CHW, generator) -> dict`` whose entries
+            join the sample (``convssl.data.views``); default ``{"img": img}``.
         channels: 1 converts to grayscale ("L"), 3 to "RGB"; None keeps "L" and "RGB"
             images as they are and converts other modes to "RGB".
         labeled: also yield ``"cls"`` (an int); a sample without a valid class is corrupt.
@@ -256,7 +258,7 @@ class ShardDataset(IterableDataset):
             self._check_corrupt_fraction(end_of_pass=False)
             return None
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, unit, position))
-        sample = {"img": self.transform(img_CHW, generator), "key": raw.key}
+        sample = {**self.transform(img_CHW, generator), "key": raw.key}
         if self.labeled:
             sample["cls"] = cls
         return sample
@@ -325,7 +327,7 @@ def _stack(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
     if len(shapes) > 1:
         raise DataError(
             f"cannot batch {name!r}: samples have shapes {sorted(shapes)[:4]}; give the dataset a crop "
-            "transform (e.g. convssl.data.crops.RandomResizedCrop) and channels=1 or 3"
+            "transform (e.g. convssl.data.views.crop_views) and channels=1 or 3"
         )
     return torch.stack(tensors)
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,18 +128,6 @@ def open_source(spec: str, *, labeled: bool = False) -> Source:
     if sep and name in IDX_DATASETS:
         return IdxSource(name, split)
     return ImageFolderSource(spec) if labeled else FolderSource(spec)
-
-
-def iter_samples(source: Source, start: int = 0, stop: int | None = None) -> Iterator[Sample]:
-    """Readable samples ``start <= i < stop``; unreadable files are skipped with one warning."""
-    skipped = []
-    for index in range(start, len(source) if stop is None else min(stop, len(source))):
-        if (sample := source.sample(index)) is None:
-            skipped.append(index)
-        else:
-            yield sample
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable files in {source.description}", stacklevel=2)
 
 
 def _existing_dir(root: str | Path) -> Path:

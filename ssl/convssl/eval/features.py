@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from convssl.data.crops import ResizeCenterCrop
+from convssl.data.views import Named
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.urls import resolve_shards
@@ -89,7 +90,7 @@ def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
     one place the evaluation reads shards.
     """
     urls, manifest = resolve_shards(spec)
-    dataset = ShardDataset(urls, transform=ResizeCenterCrop(size, resize=eval_resize(size)), channels=channels,
+    dataset = ShardDataset(urls, transform=Named(ResizeCenterCrop(size, resize=eval_resize(size))), channels=channels,
                            labeled=True, shuffle_buffer=0, seed=0, infinite=False, manifest=manifest)
     for batch in make_loader(dataset, batch_size, workers, persistent_workers=False):
         img = batch["img"]

@@ -100,3 +100,29 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
     }
     write_report(report, out_dir)
     return report
+
+
+def checkpoint_input(path: str | Path) -> tuple[Encoder, dict]:
+    """The pretrained encoder of a checkpoint and the input its recipe trained on:
+    ``{"size", "channels", "mean", "std", "checkpoint", "step"}``."""
+    from convssl.data.config import DataConfig
+    from convssl.train.checkpoint import load_encoder
+
+    encoder, ckpt = load_encoder(path)
+    data = ckpt["config"].get("data", {})
+    channels = int(data.get("channels", encoder.in_chans))
+    defaults = DataConfig()
+    mean = data.get("mean") or (defaults.mean if channels == 3 else (sum(defaults.mean) / 3,))
+    std = data.get("std") or (defaults.std if channels == 3 else (sum(defaults.std) / 3,))
+    return encoder, {"size": int(data.get("size", encoder.input_size)), "channels": channels,
+                     "mean": list(mean), "std": list(std), "checkpoint": ckpt["path"], "step": ckpt.get("step")}
+
+
+def probe_checkpoint(path: str | Path, train_spec: str, val_spec: str, out_dir: str | Path, *,
+                     size: int | None = None, device: str | None = None, **kwargs) -> dict:
+    """``probe`` of a checkpoint's encoder at its recipe's input (``size`` overrides it)."""
+    encoder, info = checkpoint_input(path)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return probe(encoder.to(dev), train_spec, val_spec, size=size or info["size"], channels=info["channels"],
+                 mean=info["mean"], std=info["std"], out_dir=out_dir, checkpoint=info["checkpoint"],
+                 step=info["step"], **kwargs)

@@ -1,8 +1,8 @@
-"""Convert a convnet's layers into their sparse versions, in place, names unchanged.
+"""A sparse twin of a convnet: the same parameters and names, the original left untouched.
 
-The walk replaces each known layer by ``layers.sparsify(...)`` of it (same parameters,
-same attribute name), passes elementwise layers through, and stops with an
-``EncoderError`` naming the module path and type of any layer it cannot handle
+The walk copies each container shallowly and puts ``layers.sparsify(...)`` of each known
+layer in the copy (same parameters, same attribute name), shares elementwise layers, and
+stops with an ``EncoderError`` naming the module path and type of any layer it cannot handle
 (unknown layers with or without parameters, 3-D/1-D norms, resizing layers...), since a
 layer computed densely on a masked map would silently mix masked positions in.
 
@@ -14,7 +14,9 @@ on a 4-D map they only make sense channels-last, and are treated so outside a Se
 
 from __future__ import annotations
 
+import copy
 import importlib
+from dataclasses import dataclass
 
 import torch.nn as nn
 from torchvision.models.convnext import CNBlock
@@ -61,33 +63,63 @@ def resolve_types(paths: tuple[str, ...] | list[str]) -> tuple[type, ...]:
     return tuple(out)
 
 
-def to_sparse(model: nn.Module, ctx: MaskContext, *, sync_bn: bool = True,
-              elementwise: tuple[type, ...] = ()) -> dict[str, nn.Module]:
-    """Replace the layers of ``model`` in place by sparse ones bound to ``ctx``.
+@dataclass
+class SparseView:
+    """A sparse twin of a model, built by ``sparse_view``.
+
+    model: the twin's root. Its containers are shallow copies of the original's (own
+        ``_modules``, shared ``_parameters`` and ``_buffers`` dicts); its known layers are
+        sparse instances made from the originals (``layers.sparsify``); every other leaf is
+        the original module itself. So every ``Parameter`` and buffer is the original's
+        object, also after ``.to(device)``, and the original model is never changed.
+    layers: {module path: (original layer, its sparse twin)} of every converted layer.
+    twins: (twin, original) of every module the twin owns (copied containers and sparse
+        layers); their ``training`` flags follow the originals through ``follow_modes``.
+    """
+
+    model: nn.Module
+    layers: dict[str, tuple[nn.Module, nn.Module]]
+    twins: list[tuple[nn.Module, nn.Module]]
+
+    def follow_modes(self) -> None:
+        """Copy ``train()``/``eval()`` of the originals onto the twins (cheap: one flag each)."""
+        for twin, original in self.twins:
+            twin.training = original.training
+
+    def stale_layer(self, model: nn.Module) -> str | None:
+        """The path of a layer of ``model`` that is no longer the one the twin was made from."""
+        for path, (original, _) in self.layers.items():
+            if model.get_submodule(path) is not original:
+                return path
+        return None
+
+
+def sparse_view(model: nn.Module, ctx: MaskContext, *, sync_bn: bool = True,
+                elementwise: tuple[type, ...] = ()) -> SparseView:
+    """A sparse twin of ``model`` bound to ``ctx``; ``model`` itself is left untouched.
 
     sync_bn: BatchNorm statistics summed over ranks when training is distributed (SparK
         uses SyncBatchNorm); local statistics otherwise.
     elementwise: extra layer types known to act on each position alone (e.g. a custom
         activation); they are computed densely and masked positions reset to 0.
-    Returns {module path: sparse module} of what was replaced.
     """
     _reject_own_tensors(model, "<model>")
-    converted: dict[str, nn.Module] = {}
-    _walk(model, "", None, ctx, sync_bn, tuple(elementwise), converted)
-    return converted
+    view = SparseView(model=None, layers={}, twins=[])
+    view.model = _twin(model, "", None, ctx, sync_bn, tuple(elementwise), view)
+    return view
 
 
-def to_dense(model: nn.Module) -> nn.Module:
-    """Undo ``to_sparse`` in place (same parameters, dense classes); returns ``model``."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, L.SparseLayer):
-                setattr(parent, name, L.densify_layer(child))
-    return model
+def _shallow_twin(module: nn.Module) -> nn.Module:
+    """A copy of a container sharing its parameter and buffer dicts, with its own children."""
+    twin = copy.copy(module)
+    twin._modules = type(module._modules)(module._modules)
+    return twin
 
 
-def _walk(parent, prefix, layout, ctx, sync_bn, elementwise, converted):
+def _twin(parent, prefix, layout, ctx, sync_bn, elementwise, view: SparseView) -> nn.Module:
     """layout: None unknown (channels-first assumed for convs), False channels-first, True last."""
+    twin = _shallow_twin(parent)
+    view.twins.append((twin, parent))
     in_sequence = isinstance(parent, nn.Sequential)
     for name, child in list(parent.named_children()):
         path = f"{prefix}.{name}" if prefix else name
@@ -100,16 +132,18 @@ def _walk(parent, prefix, layout, ctx, sync_bn, elementwise, converted):
                                "only NCHW<->NHWC permutes inside an nn.Sequential are understood")
         new = _sparse_version(child, path, here, ctx, sync_bn, elementwise)
         if new is not None:
-            setattr(parent, name, new)
-            converted[path] = new
+            twin._modules[name] = new
+            view.layers[path] = (child, new)
+            view.twins.append((new, child))
         elif _passes_through(child, elementwise):
             continue
         elif any(True for _ in child.children()):
             _reject_own_tensors(child, path)
-            _walk(child, path, here if isinstance(child, nn.Sequential) else None, ctx, sync_bn,
-                  elementwise, converted)
+            twin._modules[name] = _twin(child, path, here if isinstance(child, nn.Sequential) else None,
+                                        ctx, sync_bn, elementwise, view)
         else:
             raise _unknown(child, path)
+    return twin
 
 
 # Zero-preserving layers of optional libraries, known by class name (timm is not imported):

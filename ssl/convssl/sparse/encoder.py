@@ -1,49 +1,47 @@
-"""SparseEncoder: an Encoder whose layers compute on the visible patches of a mask.
+"""SparseEncoder: sparse execution of an Encoder under a patch mask, by composition.
 
 Legend: B batch, C channels, H/W input size, gh/gw patch grid, h/w a stage's size.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from convssl.encoders import Encoder
 from convssl.errors import EncoderError
-from convssl.sparse.convert import to_dense, to_sparse
+from convssl.sparse.convert import sparse_view
 from convssl.sparse.mask import MaskContext, patch_grid
 
 
 class SparseEncoder(Encoder):
-    """An ``Encoder`` converted for SparK's sparse masked modeling (``masked`` backend).
+    """Runs a dense ``Encoder`` sparsely (SparK's ``masked`` backend), without changing it.
 
-    Build with ``SparseEncoder.from_encoder(encoder)``: the encoder's ``model`` is
-    converted in place (its layers become sparse subclasses holding the same parameters),
-    so ``self.model.state_dict()`` keys equal the dense model's and the weights export and
-    load like a dense encoder's.
+    ``SparseEncoder(encoder)`` builds a sparse twin of ``encoder.model``
+    (``convert.sparse_view``): the twin's layers hold the very same ``Parameter`` and buffer
+    objects under the same names, so gradients, optimizer state, ``state_dict`` keys and
+    exports are the dense encoder's, and ``encoder`` itself still runs dense (a dense task
+    and a sparse task can share it). Keep ``encoder`` registered in your module; this
+    object registers only the twin (hold it outside ``_modules``, as ``SparK`` does, so a
+    ``state_dict`` lists each weight once). The twin follows the dense modules' train/eval
+    mode at every call.
 
-    forward(x_BCHW, mask_B1hw=None) -> stage maps [B, C_i, h_i, w_i]
+    forward(x_BCHW, mask_B1hw) -> stage maps [B, C_i, h_i, w_i]
         mask_B1hw: bool [B, 1, H/p, W/p], True = visible, p = ``patch_size`` (the total
         reduction). Input pixels of masked patches are zeroed, every layer sees the mask
         at its own scale, and stage maps come back with masked positions exactly 0.
-        With no mask the encoder is exactly the dense one (so probes and feature
-        extraction can use it unchanged).
     """
 
-    ctx: MaskContext
-    sparse_layers: dict
-
-    @classmethod
-    def from_encoder(cls, encoder: Encoder, *, sync_bn: bool = True,
-                     elementwise: tuple[type, ...] = ()) -> "SparseEncoder":
+    def __init__(self, encoder: Encoder, *, sync_bn: bool = True, elementwise: tuple[type, ...] = ()):
+        torch.nn.Module.__init__(self)
         if isinstance(encoder, SparseEncoder):
-            return encoder
-        new = cls.__new__(cls)
-        new.__dict__.update(encoder.__dict__)
-        new.ctx = MaskContext()
-        new.sparse_layers = to_sparse(new.model, new.ctx, sync_bn=sync_bn, elementwise=elementwise)
-        return new
+            raise EncoderError("SparseEncoder wraps a dense Encoder, not another SparseEncoder")
+        self.config, self.in_chans, self.input_size = encoder.config, encoder.in_chans, encoder.input_size
+        self.stages, self._chain, self.head = encoder.stages, encoder._chain, encoder.head
+        self.ctx = MaskContext()
+        self.view = sparse_view(encoder.model, self.ctx, sync_bn=sync_bn, elementwise=elementwise)
+        self.model = self.view.model
+        self.__dict__["dense"] = encoder  # not a submodule: its weights are the twin's
+        self.view.twins.append((self, encoder))
 
     @property
     def patch_size(self) -> int:
@@ -53,9 +51,7 @@ class SparseEncoder(Encoder):
         """Patch grid for an input size (clear errors for sizes SparK cannot take)."""
         return patch_grid(tuple(input_hw), self.patch_size)
 
-    def forward(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor | None = None) -> list[torch.Tensor]:
-        if mask_B1hw is None:
-            return super().forward(x_BCHW)
+    def forward(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> list[torch.Tensor]:
         self.check_input(x_BCHW)
         grid = self.grid(x_BCHW.shape[-2:])
         if tuple(mask_B1hw.shape) != (x_BCHW.shape[0], 1, *grid):
@@ -63,24 +59,17 @@ class SparseEncoder(Encoder):
                 f"mask shape {tuple(mask_B1hw.shape)} does not fit input {tuple(x_BCHW.shape)}: "
                 f"expected [{x_BCHW.shape[0]}, 1, {grid[0]}, {grid[1]}] (patch size {self.patch_size})"
             )
-        self._check_still_sparse()
+        self._check_same_layers()
+        self.view.follow_modes()
         with self.ctx.use(mask_B1hw):
             return super().forward(self.ctx.apply(x_BCHW, where="input"))
 
-    def _check_still_sparse(self) -> None:
-        for name, module in self.sparse_layers.items():
-            if self.model.get_submodule(name) is not module:
-                raise EncoderError(
-                    f"layer {name} of the sparse encoder was replaced after conversion (by "
-                    f"{type(self.model.get_submodule(name)).__name__}), e.g. by "
-                    "nn.SyncBatchNorm.convert_sync_batchnorm; SparK's BatchNorm already syncs across "
-                    "ranks, so do not convert the task's BatchNorms"
-                )
-
-    def dense_copy(self) -> Encoder:
-        """A plain dense ``Encoder`` with a copy of these weights (same keys)."""
-        enc = copy.deepcopy(self)
-        to_dense(enc.model)
-        dense = Encoder.__new__(Encoder)
-        dense.__dict__.update({k: v for k, v in enc.__dict__.items() if k not in ("ctx", "sparse_layers")})
-        return dense
+    def _check_same_layers(self) -> None:
+        stale = self.view.stale_layer(self.dense.model)
+        if stale is not None:
+            now = type(self.dense.model.get_submodule(stale)).__name__
+            raise EncoderError(
+                f"layer {stale} of the encoder was replaced (by {now}) after its sparse twin was made, "
+                "e.g. by nn.SyncBatchNorm.convert_sync_batchnorm; SparK's BatchNorm already syncs "
+                "across ranks, so do not convert the task's BatchNorms (or build the task again)"
+            )

@@ -2,7 +2,8 @@
 
 Each sparse layer is a subclass of its dense layer (``SparseConv2d(nn.Conv2d)``...) made
 from the dense instance by ``sparsify``: the very same parameter and buffer objects under
-the same attribute names, so ``state_dict`` keys never change. All layers of one encoder
+the same attribute names, so ``state_dict`` keys never change; the dense instance itself is
+never changed and keeps running dense (see ``convert.sparse_view``). All layers of one encoder
 share one ``MaskContext`` (``self.sparse_ctx``); with no mask set they compute exactly
 what the dense layer computes.
 
@@ -207,14 +208,4 @@ def sparsify(module: nn.Module, mixin: type, ctx: MaskContext, name: str, *,
     new.sparse_ctx, new.sparse_name, new.sparse_channels_last = ctx, name, channels_last
     for k, v in attrs.items():
         setattr(new, k, v)
-    return new
-
-
-def densify_layer(module: nn.Module) -> nn.Module:
-    """The dense instance back (same parameters); ``module`` unchanged if it is not sparse."""
-    if not isinstance(module, SparseLayer):
-        return module
-    dense_cls = dense_class(type(module))
-    new = dense_cls.__new__(dense_cls)
-    new.__dict__.update({k: v for k, v in module.__dict__.items() if not k.startswith("sparse_")})
     return new

@@ -42,6 +42,7 @@ from convssl.augment.config import ColorAugConfig
 from convssl.augment.views import ViewAugment
 from convssl.batch_shuffle import grouped_forward, shuffled_forward
 from convssl.data.config import DataConfig
+from convssl.data.views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
@@ -103,8 +104,6 @@ class MoCo(nn.Module):
 
     def __init__(self, encoder: Encoder, cfg: MoCoConfig, data: DataConfig):
         super().__init__()
-        if data.views != 2:
-            raise ConfigError(f"moco needs data.views: 2 (query and key views), got {data.views}")
         self.cfg, self.data = cfg, data
         self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
         self.encoder = encoder
@@ -119,9 +118,9 @@ class MoCo(nn.Module):
         self._momentum = cfg.momentum
 
     # ---- views -------------------------------------------------------------------------
-    def worker_transform(self):
-        """Per-view transform for the loader workers, or None when augmenting on the device."""
-        return self.views.worker_transform()
+    def loader_transform(self):
+        """Two crops per image; with ``augment_on: worker`` also the photometric part."""
+        return crop_views(self.data, views=2, augment=self.views.worker_transform())
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""
@@ -147,7 +146,7 @@ class MoCo(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["img"]
         if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ConfigError("moco expects batch['img'] to be a list of 2 views (data.views: 2)")
+            raise ConfigError("moco expects batch['img'] to be a list of 2 views (loader_transform)")
         x_q, x_k = self.prepare(views[0]), self.prepare(views[1])
         q_BD = grouped_forward(self._query, x_q, self.cfg.bn_groups)
         k_BD = self.keys(x_k)
@@ -179,3 +178,10 @@ class MoCo(nn.Module):
         self._momentum = momentum_at(step, total_steps, self.cfg.momentum, self.cfg.momentum_schedule)
         ema_update(self.encoder, self.encoder_momentum, self._momentum)
         ema_update(self.head, self.head_momentum, self._momentum)
+
+    def pictures(self, batch: dict) -> None:
+        return None
+
+    def export_encoder(self):
+        """The online encoder (features before the projection head)."""
+        return self.encoder

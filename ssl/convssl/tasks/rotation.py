@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convssl.data.normalize import normalize
+from convssl.data.views import crop_views
 from convssl.heads.classifier import classifier_head
 
 
@@ -34,6 +35,8 @@ def rotate_all(x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class RotationPrediction(nn.Module):
     """Predict which of 0/90/180/270 degrees an image was rotated by."""
 
+    manages_batchnorm_sync = False
+
     @dataclass(frozen=True, kw_only=True)
     class Config:
         """head: 'linear' or 'mlp' on the pooled feature; hidden: the MLP's width."""
@@ -45,14 +48,27 @@ class RotationPrediction(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
+        self.data = data
         self.mean, self.std = data.mean, data.std
         self.head = classifier_head(encoder.feature_dim, 4, cfg.head, cfg.hidden)
 
+    def loader_transform(self):
+        return crop_views(self.data)
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        x_BCHW = normalize(batch["img"], self.mean, self.std)
+        x_BCHW = normalize(batch["img"][0], self.mean, self.std)
         x_4BCHW, y_4B = rotate_all(x_BCHW)
         feats = self.encoder(x_4BCHW)
         logits = self.head(F.adaptive_avg_pool2d(feats[-1], 1).flatten(1))
         loss = F.cross_entropy(logits.float(), y_4B)
         acc = (logits.argmax(1) == y_4B).float().mean()
         return {"loss": loss, "acc": acc.detach()}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def pictures(self, batch: dict) -> None:
+        return None
+
+    def export_encoder(self):
+        return self.encoder

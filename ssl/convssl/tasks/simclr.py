@@ -4,7 +4,7 @@ Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Represe
 The loader's workers crop and flip each view; the photometric part (colour jitter,
 grayscale, blur, solarize) runs here on the training device (``augment_on: device``,
 batched, per-sample parameters) or in the workers (``augment_on: worker``: the loader
-applies ``worker_transform()`` to each view). The linear probe and export use
+applies it to each view after the crop). The linear probe and export use
 ``self.encoder`` (features before the head, as the paper evaluates).
 
 Legend: B per-rank batch, C channels, H/W size, F encoder features, D projection dim.
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from convssl.augment.config import ColorAugConfig
 from convssl.augment.views import ViewAugment
 from convssl.data.config import DataConfig
+from convssl.data.views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
@@ -69,11 +70,10 @@ class SimCLR(nn.Module):
     """
 
     Config = SimCLRConfig
+    manages_batchnorm_sync = False
 
     def __init__(self, encoder: Encoder, cfg: SimCLRConfig, data: DataConfig):
         super().__init__()
-        if data.views != 2:
-            raise ConfigError(f"simclr needs data.views: 2 (two views per image), got {data.views}")
         self.cfg, self.data = cfg, data
         self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
         self.encoder = encoder
@@ -81,9 +81,9 @@ class SimCLR(nn.Module):
                                     num_layers=cfg.proj_layers, batch_norm=cfg.proj_batch_norm,
                                     last_bn=cfg.proj_last_bn)
 
-    def worker_transform(self):
-        """Per-view transform for the loader workers, or None when augmenting on the device."""
-        return self.views.worker_transform()
+    def loader_transform(self):
+        """Two crops per image; with ``augment_on: worker`` also the photometric part."""
+        return crop_views(self.data, views=2, augment=self.views.worker_transform())
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""
@@ -92,7 +92,7 @@ class SimCLR(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["img"]
         if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ConfigError("simclr expects batch['img'] to be a list of 2 views (data.views: 2)")
+            raise ConfigError("simclr expects batch['img'] to be a list of 2 views (loader_transform)")
         x1, x2 = self.prepare(views[0]), self.prepare(views[1])
         z_2BD = self.head(self.encoder.pool(torch.cat([x1, x2])))
         z1, z2 = z_2BD.chunk(2)
@@ -103,3 +103,13 @@ class SimCLR(nn.Module):
             pos_sim = F.cosine_similarity(z1.float(), z2.float(), dim=1).mean()
         # per-rank values: the trainer averages logged scalars over ranks when it logs
         return {"loss": loss, "acc": acc, "pos_sim": pos_sim}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def pictures(self, batch: dict) -> None:
+        return None
+
+    def export_encoder(self):
+        """The online encoder (features before the projection head)."""
+        return self.encoder

@@ -24,6 +24,7 @@ from einops import rearrange
 from convssl import dist
 from convssl.data.config import DataConfig
 from convssl.data.normalize import denormalize, normalize
+from convssl.data.views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, EncoderError
 from convssl.sparse import SparseEncoder, random_patch_mask, sparse_batch_norm, upsample_mask
@@ -158,15 +159,13 @@ class Densify(nn.Module):
 class SparK(nn.Module):
     """Sparse masked modeling (Tian et al., ICLR 2023) for any convnet Encoder.
 
-    Export: ``self.encoder`` is a ``convssl.sparse.SparseEncoder`` (an ``Encoder``) converted
-    in place from the encoder given here; its layers are sparse subclasses holding the
-    same parameters, so ``self.encoder.model.state_dict()`` (== ``backbone_state_dict()``)
-    has exactly the dense model's keys and loads into the original architecture
-    (``build_bare_model(cfg)`` / plain torchvision) with ``strict=True`` on the backbone
-    keys. Called without a mask, ``self.encoder(x)`` is the dense encoder, so probes can use
-    it as is; ``self.encoder.dense_copy()`` gives a plain dense ``Encoder`` copy.
+    Composition: ``self.encoder`` is the dense ``Encoder`` handed in, registered and never
+    changed (its classes, outputs and ``state_dict`` keys stay the original model's, so it
+    exports and probes as is, and another task may share it); ``self.sparse_encoder`` is a
+    ``convssl.sparse.SparseEncoder`` over it whose sparse layers hold the same ``Parameter``
+    objects, kept out of ``_modules`` so each weight appears once in ``state_dict``.
 
-    forward(batch) -> {"loss"}: batch["img"] uint8 [B, C, H, W]; an optional batch["mask"]
+    forward(batch) -> {"loss"}: batch["img"] a list of one uint8 [B, C, H, W]; an optional batch["mask"]
     bool [B, 1, gh, gw] (True = visible) replaces the random mask (tests, pictures).
     pictures(batch) -> [3, H', W'] in 0..1: rows of input, masked input, reconstruction,
     reconstruction with the visible patches pasted back.
@@ -211,10 +210,11 @@ class SparK(nn.Module):
         if data.channels != encoder.in_chans:
             raise ConfigError(f"data.channels={data.channels} but the encoder takes {encoder.in_chans} "
                               f"channels; set encoder.in_chans={data.channels}")
-        self.encoder = SparseEncoder.from_encoder(encoder, sync_bn=cfg.sync_bn,
-                                                  elementwise=resolve_types(cfg.elementwise))
-        self.patch_size = p = self.encoder.patch_size
-        self.grid_hw = self.encoder.grid((data.size, data.size))
+        self.encoder = encoder
+        self.__dict__["sparse_encoder"] = SparseEncoder(encoder, sync_bn=cfg.sync_bn,
+                                                        elementwise=resolve_types(cfg.elementwise))
+        self.patch_size = p = self.sparse_encoder.patch_size
+        self.grid_hw = self.sparse_encoder.grid((data.size, data.size))
         self._check_reductions()
 
         # decoder width at reduction r: decoder_width / (p / r); stages listed coarsest first
@@ -249,22 +249,28 @@ class SparK(nn.Module):
     def reconstruct(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> torch.Tensor:
         """Prediction [B, C, H, W] (per-patch normalised pixel space) from a normalised input."""
         x_masked = x_BCHW * upsample_mask(mask_B1hw, x_BCHW.shape[-2:]).to(x_BCHW.dtype)
-        feats = self.encoder(x_masked, mask_B1hw)  # fine to coarse, masked positions 0
+        feats = self.sparse_encoder(x_masked, mask_B1hw)  # fine to coarse, masked positions 0
         dense = self.densify(list(reversed(feats)), mask_B1hw)
         return self.decoder(dict(zip(self._levels, dense)))
 
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        img = batch["img"]
-        if isinstance(img, (list, tuple)):
-            img = img[0]
-        x = normalize(img, self.data.mean, self.data.std)
-        grid = self.encoder.grid(x.shape[-2:])
+        x = normalize(batch["img"][0], self.data.mean, self.data.std)
+        grid = self.sparse_encoder.grid(x.shape[-2:])
         mask = batch.get("mask")
         if mask is None:
             mask = random_patch_mask(x.shape[0], grid, self.cfg.mask_ratio, device=x.device)
         return x, mask.to(x.device).bool()
 
     # ---- task contract ------------------------------------------------------------------
+    def loader_transform(self):
+        return crop_views(self.data)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def export_encoder(self) -> Encoder:
+        return self.encoder
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         x, mask = self._inputs(batch)
         pred = self.reconstruct(x, mask)
@@ -280,14 +286,13 @@ class SparK(nn.Module):
         """
         from torchvision.utils import make_grid
 
-        img = batch["img"][0] if isinstance(batch["img"], (list, tuple)) else batch["img"]
-        img = img[:max_images]
+        img = batch["img"][0][:max_images]
         gen = torch.Generator().manual_seed(0)
         mask = self.make_mask(img.shape[0], generator=gen).to(img.device)
         was_training = self.training
         self.eval()
         try:
-            x, mask = self._inputs({"img": img, "mask": mask})
+            x, mask = self._inputs({"img": [img], "mask": mask})
             pred = self.reconstruct(x, mask)
         finally:
             self.train(was_training)

@@ -7,7 +7,8 @@ A checkpoint is one ``torch.save`` dict:
 - ``config``: the fully resolved recipe (sections encoder, data, task, optim, train)
 - ``encoder``: the backbone weights under the ORIGINAL model's keys (dense, head excluded)
 - ``task``: the whole task's ``state_dict`` (encoder, heads, queues, momentum encoders)
-- ``optimizer``, ``scheduler``, ``scaler``, ``rng``: everything else resume needs
+- ``optimizer``, ``scaler``, ``rng``: everything else resume needs (the lr and wd schedules
+  are functions of ``step``, so they need no state of their own)
 - ``versions``: torch / torchvision / convssl versions and the git revision if known
 
 Keys carry no ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefixes.

@@ -78,8 +78,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     seed_all(recipe.train.seed)
     encoder = build_encoder(recipe.encoder)
     task = build_task(recipe.task, encoder, recipe.data)
-    if (info.enabled and dev.type == "cuda" and recipe.train.sync_bn
-            and not getattr(task, "manages_batchnorm_sync", False)):
+    if info.enabled and dev.type == "cuda" and recipe.train.sync_bn and not task.manages_batchnorm_sync:
         task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
     task.to(dev)
     if recipe.train.channels_last:
@@ -98,9 +97,8 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         step = state["step"]
 
     if batches is None:
-        worker_augment = task.worker_transform() if hasattr(task, "worker_transform") else None
         batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step,
-                                 worker_augment=worker_augment)
+                                 transform=task.loader_transform())
     # RNG last: starting the loader (iter draws a base seed) must not shift the random
     # stream of a resumed run against the uninterrupted one.
     batches = iter(batches)
@@ -191,8 +189,7 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
                     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad)
                 scaler.step(optimizer)
                 scaler.update()
-                if hasattr(task, "after_step"):
-                    task.after_step(step, plan.total_steps)
+                task.after_step(step, plan.total_steps)
                 step += 1
 
                 bad |= ~torch.isfinite(loss.detach())
@@ -203,9 +200,11 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
                 if step % max(1, cfg.log_every) == 0 or step == end:
                     _check_finite(bad, step, ckpt_dir)
                     last_scalars = _log(window, step, lr, wd, plan, info, log, bar)
-                if cfg.image_every and step % cfg.image_every == 0 and info.is_main and hasattr(task, "pictures"):
+                if cfg.image_every and step % cfg.image_every == 0 and info.is_main:
                     with torch.no_grad():
-                        log.picture(step, task.pictures(batch))
+                        picture = task.pictures(batch)
+                    if picture is not None:
+                        log.picture(step, picture)
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end:
                     _check_finite(bad, step, ckpt_dir)
                     last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
@@ -258,7 +257,7 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
         rng = gathered
     path = ckpt_io.step_path(ckpt_dir, step)
     if info.is_main:
-        encoder = getattr(task, "trainable_encoder", task.encoder)
+        encoder = task.export_encoder()
         ckpt_io.save_atomic({
             "format": ckpt_io.FORMAT,
             "step": step,
@@ -322,16 +321,12 @@ def _resolve(spec: str):
     return resolve_shards(spec)
 
 
-def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int, worker_augment=None):
-    """The rank's infinite loader: crops (and the task's worker-side augmentation, if any)
-    run in the workers; ``start_batches`` resumes the data position."""
-    from convssl.data.crops import CropThenAugment, RandomResizedCrop
+def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: int, transform):
+    """The rank's infinite loader; ``transform`` is the task's ``loader_transform()``, run
+    per sample in the workers; ``start_batches`` resumes the data position."""
     from convssl.data.reader import ShardDataset, make_loader
 
     d = recipe.data
-    transform = RandomResizedCrop(d.size, scale=d.scale, ratio=d.ratio, flip=d.flip, views=d.views)
-    if worker_augment is not None:
-        transform = CropThenAugment(transform, worker_augment)
     dataset = ShardDataset(
         urls, transform=transform, channels=d.channels, labeled=False,
         shuffle_buffer=d.shuffle_buffer, seed=recipe.train.seed, rank=info.rank,

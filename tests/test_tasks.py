@@ -1,0 +1,144 @@
+"""Contract tests over the whole task registry: they grow by themselves when a task is added.
+
+Every registered task, on three kinds of encoder (a ResNet, a MobileNet, a user's
+Sequential), takes one real trainer step on the embedded shards with a finite loss, and
+on a real batch cut by its own ``loader_transform`` its loss sends gradients into every
+encoder stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from convssl.data.reader import ShardDataset, collate_samples
+from convssl.encoders import build_encoder
+from convssl.errors import ConfigError
+from convssl.recipe import recipe_from_dict
+from convssl.registry import TASKS, build_task, task_class
+from convssl.tasks import CONTRACT, PretextTask, check_task
+from convssl.train.trainer import pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+UNLABELED = str(REPO / "data" / "fmnist" / "unlabeled")
+
+# (spec, extra encoder keys, input size): sizes each encoder takes (SparK needs >= 4 patches)
+ENCODERS = {
+    "resnet18_small": ("torchvision:resnet18", {"small_input": True}, 32),
+    "mobilenet_v3_small": ("torchvision:mobilenet_v3_small", {}, 64),
+    "custom_sequential": ("custom_nets:small_convnet", {}, 32),
+}
+# Small heads and queues so that 36 combinations stay fast; every other key is the default.
+SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
+         "moco": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 64},
+         "rotation": {"hidden": 64}}
+
+
+def recipe(task: str, encoder: str, **train):
+    spec, extra, size = ENCODERS[encoder]
+    section = {"name": task}
+    section.update({k: v for k, v in SMALL.get(task, {}).items() if k in _fields(task)})
+    return recipe_from_dict({
+        "encoder": {"spec": spec, "in_chans": 1, **extra},
+        "data": {"size": size, "channels": 1, "mean": [0.29], "std": [0.35], "batch_size": 8, "workers": 0,
+                 "shuffle_buffer": 16, "scale": [0.5, 1.0]},
+        "task": section,
+        "optim": {"name": "sgd", "lr_per_256": 0.1, "weight_decay": 0.0},
+        "train": {"max_steps": 1, "log_every": 1, "ckpt_every": 0, "image_every": 0, "seed": 0, **train},
+    })
+
+
+def _fields(task: str) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(task_class(task).Config)}
+
+
+def real_batch(task, size: int, n: int = 8) -> dict:
+    data = ShardDataset(UNLABELED, transform=task.loader_transform(), channels=1, shuffle_buffer=1)
+    samples = []
+    for sample in data:
+        samples.append(sample)
+        if len(samples) == n:
+            return collate_samples(samples)
+    raise AssertionError("not enough samples")
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_trains_and_reaches_every_stage(name, encoder, tmp_path):
+    r = recipe(name, encoder)
+    summary = pretrain(r, UNLABELED, tmp_path / "run", progress=False)
+    assert summary["steps"] == 1 and math.isfinite(summary["metrics"]["loss"])
+
+    torch.manual_seed(0)
+    enc = build_encoder(r.encoder)
+    task = build_task(r.task, enc, r.data).train()
+    assert isinstance(task, PretextTask)
+    outputs: dict[str, list[torch.Tensor]] = {s: [] for s in enc.stage_names}
+
+    def keep(stage):
+        def hook(_module, _inputs, out):
+            if out.requires_grad:  # the online pass (MoCo's key encoder runs without grad)
+                out.retain_grad()
+                outputs[stage].append(out)
+        return hook
+
+    handles = [enc.model.get_submodule(s).register_forward_hook(keep(s)) for s in enc.stage_names]
+    try:
+        out = task(real_batch(task, r.data.size))
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for stage, maps in outputs.items():
+        assert maps, f"{name} on {encoder}: stage {stage} never ran with gradients"
+        assert any(m.grad is not None and m.grad.abs().sum() > 0 for m in maps), \
+            f"{name} on {encoder}: no gradient reached stage {stage}"
+    assert task.export_encoder() is enc
+
+
+def test_a_task_missing_part_of_the_contract_is_named():
+    class Half(nn.Module):
+        Config = object
+        manages_batchnorm_sync = False
+
+        def forward(self, batch):
+            return {}
+
+    with pytest.raises(ConfigError, match="missing loader_transform, after_step, pictures, export_encoder"):
+        check_task(Half, "half")
+    for name in TASKS:  # every registered task has every member
+        assert all(hasattr(task_class(name), m) for m in CONTRACT)
+
+
+def test_rotation_and_spark_share_one_encoder():
+    """Two tasks, one of them sparse, on one encoder: the dense one still runs dense, and both
+    losses' gradients land in the same parameters."""
+    r = recipe("spark", "resnet18_small")
+    enc = build_encoder(r.encoder)
+    spark = build_task({"name": "spark", "decoder_width": 32}, enc, r.data)
+    rotation = build_task({"name": "rotation", "hidden": 64}, enc, r.data)
+    assert spark.encoder is rotation.encoder is enc
+    ref = copy.deepcopy(enc)
+    img = [torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)]
+    spark.train(), rotation.train()
+    spark({"img": img})["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    assert len(grads) == len(list(enc.parameters())), "the sparse pass missed some encoder parameters"
+    rotation({"img": img})["loss"].backward()  # accumulates into the very same tensors
+    assert all(not torch.equal(grads[n], p.grad) for n, p in enc.named_parameters())
+    # the shared encoder is still the dense model: same classes, and (given the BN statistics
+    # both passes updated) the same function as an untouched copy
+    assert [type(m) for m in enc.modules()] == [type(m) for m in ref.modules()]
+    ref.load_state_dict(enc.state_dict())
+    enc.eval(), ref.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(enc(x)[-1], ref(x)[-1])
