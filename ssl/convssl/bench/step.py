@@ -237,8 +237,7 @@ def _batches(model, recipe, device, *, count: int, batch_size: int, supervised: 
         samples = []
         for i in range(batch_size):
             img_CHW = torch.randint(0, 256, (d.channels, side, side), dtype=torch.uint8, generator=g)
-            sample = _as_sample(transform(img_CHW, torch.Generator().manual_seed(b * batch_size + i)),
-                                views_as_list=supervised or hasattr(model, "loader_transform"))
+            sample = dict(transform(img_CHW, torch.Generator().manual_seed(b * batch_size + i)))
             if supervised:
                 sample["cls"] = int(torch.randint(0, 1000, (1,), generator=g))
             samples.append(sample)
@@ -248,28 +247,10 @@ def _batches(model, recipe, device, *, count: int, batch_size: int, supervised: 
 
 def _sample_transform(model, recipe, supervised: bool):
     """The per-sample worker transform: the task's ``loader_transform()`` (the task
-    contract), else a random resized crop into ``data.views`` views plus the task's
-    ``worker_transform()``, as the trainer's loader builds it."""
-    from convssl.data.crops import CropThenAugment, RandomResizedCrop
+    contract); one random resized crop for the supervised step."""
+    from convssl.data.views import crop_views
 
-    d = recipe.data
-    if not supervised and hasattr(model, "loader_transform"):
-        return model.loader_transform()
-    views = 1 if supervised else getattr(d, "views", 1)
-    crop = RandomResizedCrop(d.size, scale=d.scale, ratio=d.ratio, flip=d.flip, views=views)
-    augment = model.worker_transform() if not supervised and hasattr(model, "worker_transform") else None
-    return crop if augment is None else CropThenAugment(crop, augment)
-
-
-def _as_sample(out, *, views_as_list: bool) -> dict:
-    """A transform's output as sample fields: a dict is merged (the task contract); a tensor
-    or a list of views becomes ``img``, a list of views (a bare tensor for a task that
-    predates the contract)."""
-    if isinstance(out, dict):
-        return dict(out)
-    if not views_as_list:
-        return {"img": out}
-    return {"img": list(out) if isinstance(out, (list, tuple)) else [out]}
+    return crop_views(recipe.data) if supervised else model.loader_transform()
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:

@@ -93,8 +93,7 @@ def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
     dataset = ShardDataset(urls, transform=Named(ResizeCenterCrop(size, resize=eval_resize(size))), channels=channels,
                            labeled=True, shuffle_buffer=0, seed=0, infinite=False, manifest=manifest)
     for batch in make_loader(dataset, batch_size, workers, persistent_workers=False):
-        img = batch["img"]
-        yield (img[0] if isinstance(img, list) else img), batch["cls"]
+        yield batch["img"], batch["cls"]
 
 
 def shard_count(spec: str) -> int | None:

@@ -108,7 +108,11 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
 
     model = task
     if info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # A task that syncs its own BatchNorm keeps its buffers consistent itself (SparK's
+        # sparse BN; MoCo: per-rank BN by design, a queue and momentum encoder identical on
+        # every rank by construction): DDP need not re-broadcast them (the queue!) every forward.
+        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                          broadcast_buffers=not task.manages_batchnorm_sync)
     if recipe.train.compile:
         model = torch.compile(model)
 
@@ -224,7 +228,9 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
 def _log(window, step, lr, wd, plan, info, log, bar) -> dict:
     now = time.perf_counter()
     elapsed = now - window["t"]
-    scalars = {k: float(cdist.all_reduce_mean(v / window["n"])) for k, v in sorted(window["sums"].items())}
+    names = sorted(window["sums"])  # one stacked all-reduce and one device read for every key
+    means = cdist.all_reduce_mean(torch.stack([window["sums"][k] for k in names]) / window["n"]).tolist() if names else []
+    scalars = dict(zip(names, means))
     img_s = window["n"] * plan.global_batch / max(elapsed, 1e-9)
     share = window["wait"] / max(elapsed, 1e-9)
     if log:
