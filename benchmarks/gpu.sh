@@ -40,17 +40,21 @@ if [ "$TINY" = 1 ]; then
   RECIPES="recipes/rotation_resnet18_small.yaml recipes/spark_resnet18_small.yaml recipes/simclr_resnet18_small.yaml recipes/moco_resnet18_small.yaml"
   BENCH=(--precision fp32 --channels-last on --steps 1 --warmup 0 --set data.batch_size=16 --threads 2)
   SMOKE_PRECISIONS="fp32"
+  SMOKE_SET=(--set data.batch_size=8 --set data.workers=0 --set train.compile=false)
+  LIMIT=900  # a shared 2-core CPU
 else
   RECIPES="recipes/rotation_resnet50_imagenet.yaml recipes/spark_resnet50_imagenet.yaml recipes/simclr_resnet50_imagenet.yaml recipes/mocov2_resnet50_imagenet.yaml"
   BENCH=(--precision bf16 --channels-last on --steps 10 --warmup 3 --set data.batch_size=128)
   SMOKE_PRECISIONS="fp16 bf16"
+  SMOKE_SET=(--set train.compile=true)
+  LIMIT=180
 fi
 
 log "trainer smoke runs on $DEVICE"
 for precision in $SMOKE_PRECISIONS; do
-  timeout 180 python -m convssl pretrain --recipe recipes/quickstart_rotation.yaml --data data/fmnist/unlabeled \
+  timeout "$LIMIT" python -m convssl pretrain --recipe recipes/quickstart_rotation.yaml --data data/fmnist/unlabeled \
     --out "$SMOKE/$precision" --max-steps 3 --device "$DEVICE" --quiet \
-    --set train.precision="$precision" --set train.channels_last=true --set train.compile="$([ "$TINY" = 1 ] && echo false || echo true)"
+    --set train.precision="$precision" --set train.channels_last=true "${SMOKE_SET[@]}"
 done
 if [ "$DEVICE" = cuda ]; then  # SyncBatchNorm: DDP on the GPU converts the task's BatchNorms
   timeout 180 torchrun --nproc-per-node 1 -m convssl pretrain --recipe recipes/simclr_resnet18_small.yaml \
@@ -59,5 +63,5 @@ fi
 
 log "bench step -> $OUT"
 # shellcheck disable=SC2086
-timeout 300 python -m convssl bench step $(printf -- '--recipe %s ' $RECIPES) --device "$DEVICE" "${BENCH[@]}" --out "$OUT"
+timeout $((LIMIT + 120)) python -m convssl bench step $(printf -- '--recipe %s ' $RECIPES) --device "$DEVICE" "${BENCH[@]}" --out "$OUT"
 log "done: $OUT"
