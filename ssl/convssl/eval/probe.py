@@ -22,6 +22,7 @@ from convssl.eval import linear
 from convssl.eval.features import MAX_DIMS, features_of_shards
 from convssl.eval.report import write_report
 from convssl.eval.status_line import StatusLine
+from convssl.writable import ensure_writable_dir
 
 FORMAT = "convssl-probe/1"
 
@@ -38,6 +39,7 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
     the report. ``status`` shows progress (feature pass img/s and ETA, the stage being
     fitted). Returns the report dict (accuracies are top-1 fractions in [0, 1]).
     """
+    ensure_writable_dir(out_dir, "out_dir")  # fail now, not after the features
     started = time.perf_counter()
     device = next(encoder.parameters()).device
     read = dict(size=size, channels=channels, mean=mean, std=std, batch_size=batch_size, workers=workers,
