@@ -24,8 +24,8 @@ from convssl.eval.lbfgs import Objective
 
 WD_GRID = tuple(10.0 ** e for e in range(-6, 2))  # 1e-6 ... 10, log-spaced
 HELDOUT = 0.2
-SEARCH_ITER = 100  # per grid value, warm-started along the path
-MAX_ITER = 300  # the final fit
+SEARCH_ITER = 100  # for every grid value at once (one batched solve from zero)
+MAX_ITER = 300  # the final fit, warm-started from the search at the chosen wd
 
 
 def standardize(train_ND: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
