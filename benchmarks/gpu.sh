@@ -63,5 +63,5 @@ fi
 
 log "bench step -> $OUT"
 # shellcheck disable=SC2086
-timeout $((LIMIT + 120)) python -m convssl bench step $(printf -- '--recipe %s ' $RECIPES) --device "$DEVICE" "${BENCH[@]}" --out "$OUT"
+timeout $((LIMIT * 2)) python -m convssl bench step $(printf -- '--recipe %s ' $RECIPES) --device "$DEVICE" "${BENCH[@]}" --out "$OUT"
 log "done: $OUT"

@@ -139,7 +139,8 @@ class Row:
 
     def progress_line(self) -> str:
         ratio = f", ours/ceiling {self.ratio:.2f}" if self.ceiling else ""
-        return f"{self.recipe} [{self.variant}]: {self.ours.img_per_s:.1f} img/s{ratio}"
+        mfu = self.ours.flop_per_s / self.peak_flop_per_s
+        return f"{self.recipe} [{self.variant}]: {self.ours.img_per_s:.1f} img/s{ratio}, MFU {mfu:.2f}"
 
 
 # ---- the steps ---------------------------------------------------------------------------
