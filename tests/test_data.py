@@ -338,6 +338,12 @@ def test_normalize():
     x_BCHW = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2)
     out = normalize(x_BCHW, mean=(0.5,), std=(0.5,))
     assert torch.allclose(out, torch.tensor([-1.0, 1.0]).view(1, 1, 1, 2))
+    # per channel, uint8 and 0..1 float input alike: (x / 255 - mean) / std
+    img = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    want = torch.stack([(img[:, c].double() / 255 - mean[c]) / std[c] for c in range(3)], dim=1)
+    torch.testing.assert_close(normalize(img, mean, std).double(), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(normalize(img.float() / 255, mean, std).double(), want, rtol=0, atol=1e-5)
 
 
 def test_shards_command(image_folder_tree: Path, tmp_path: Path, capsys):

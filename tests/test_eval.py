@@ -12,7 +12,7 @@ from PIL import Image
 
 from convssl.eval.features import extract_features, pool_grid
 from convssl.eval.knn import knn_eval, knn_predict
-from convssl.eval.linear import fit_in_row_space, fit_logistic, linear_probe, standardize
+from convssl.eval.linear import fit_in_row_space, fit_logistic, fit_path, linear_probe, standardize
 
 
 def blobs(n, d, k, *, spread=4.0, noise=1.0, seed=0, sample_seed=None):
@@ -40,6 +40,16 @@ def test_fit_logistic_meets_optimality_condition(wd):
     W, b = fit_logistic(x, y, 3, wd, max_iter=500, tol=1e-10)
     gW, gb = hand_gradient(x, y, W, b, wd)
     assert gW.abs().max() < 1e-6 and gb.abs().max() < 1e-6  # ~0.3 at the zero start
+
+
+def test_fit_path_solves_every_weight_decay_in_one_batch():
+    # the batched solve must reach each wd's own optimum, wd spanning 4 decades of conditioning
+    x, y = blobs(120, 7, 3, spread=1.0, seed=4)
+    x = x.double()
+    wds = [1.0, 1e-1, 1e-2, 1e-4]
+    for wd, (W, b) in zip(wds, fit_path(x, y, 3, wds, max_iter=1000, tol=1e-10)):
+        gW, gb = hand_gradient(x, y, W, b, wd)
+        assert gW.abs().max() < 1e-6 and gb.abs().max() < 1e-6, wd
 
 
 def test_row_space_fit_is_the_same_optimum():
@@ -159,7 +169,26 @@ def test_extract_features_shapes_eval_mode_and_gap():
     with torch.no_grad():
         maps = encoder.eval()(x)
     for st, m in zip(gap.stages, maps):
-        torch.testing.assert_close(st.feats_ND, m.mean((2, 3)))
+        assert st.feats_ND.dtype == torch.float16  # half the memory; float16 rounding is 2^-11 relative
+        torch.testing.assert_close(st.feats_ND.float(), m.mean((2, 3)), rtol=2e-3, atol=1e-4)
+    assert all(p.is_contiguous() for p in encoder.parameters())  # NCHW layout restored after the pass
+
+
+def test_extract_features_keeps_float32_when_half_overflows():
+    from convssl.encoders import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("custom_nets:small_convnet", in_chans=1, input_size=16)
+    batches = [(torch.full((2, 1, 16, 16), 255, dtype=torch.uint8), torch.arange(2))]
+    fs = extract_features(encoder, batches, mean=(0.0,), std=(1e-8,), max_dims=None)  # inputs 1e8
+    with torch.no_grad():
+        maps = encoder.eval()(torch.full((2, 1, 16, 16), 1.0) / 1e-8)
+    for st, m in zip(fs.stages, maps):
+        expected = m.mean((2, 3))
+        if expected.abs().max() >= 65504:
+            assert st.feats_ND.dtype == torch.float32
+            torch.testing.assert_close(st.feats_ND, expected, rtol=1e-4, atol=0)  # channels-last rounding
+    assert any(st.feats_ND.dtype == torch.float32 for st in fs.stages)
 
 
 # ---- end to end on shards -------------------------------------------------------------

@@ -57,3 +57,45 @@ def test_warmup_then_cosine():
     assert math.isclose(warmup_cosine(55, total, peak, warm, 0.0), 0.5)
     assert math.isclose(warmup_cosine(100, total, peak, warm, 0.01), 0.01)
     assert math.isclose(cosine(0, 10, 0.04, 0.2), 0.04) and math.isclose(cosine(10, 10, 0.04, 0.2), 0.2)
+
+
+def test_lars_and_lamb_fused_over_many_parameters_match_the_per_parameter_definition():
+    # the _foreach updates must keep each parameter's own norms and state, in both kinds of group
+    torch.manual_seed(1)
+    shapes = [(6, 3), (4,), (2, 2, 3)]
+    w0 = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+
+    def groups(ps):
+        return [{"params": [ps[0], ps[2]], "weight_decay": 0.01, "adapt": True},
+                {"params": [ps[1]], "weight_decay": 0.0, "adapt": False}]
+
+    lars_ps = [torch.nn.Parameter(w.clone()) for w in w0]
+    lamb_ps = [torch.nn.Parameter(w.clone()) for w in w0]
+    lars = LARS(groups(lars_ps), lr=0.3, momentum=0.9, eta=0.02)
+    lamb = LAMB(groups(lamb_ps), lr=0.1, betas=(0.9, 0.95), eps=1e-6)
+    adapt, wd = [True, False, True], [0.01, 0.0, 0.01]
+    w_lars, w_lamb = [w.clone() for w in w0], [w.clone() for w in w0]
+    buf, m, v = [None] * 3, [torch.zeros(s) for s in shapes], [torch.zeros(s) for s in shapes]
+    for t, step_grads in enumerate(grads, start=1):
+        for ps in (lars_ps, lamb_ps):
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+        lars.step()
+        lamb.step()
+        for i, g in enumerate(step_grads):
+            d = g + wd[i] * w_lars[i]
+            if adapt[i]:
+                d = d * (0.02 * w_lars[i].norm() / d.norm())
+            buf[i] = d if buf[i] is None else 0.9 * buf[i] + d
+            w_lars[i] = w_lars[i] - 0.3 * buf[i]
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.95 * v[i] + 0.05 * g**2
+            r = (m[i] / (1 - 0.9**t)) / ((v[i] / (1 - 0.95**t)).sqrt() + 1e-6) + wd[i] * w_lamb[i]
+            trust = w_lamb[i].norm() / r.norm() if adapt[i] else 1.0
+            w_lamb[i] = w_lamb[i] - 0.1 * trust * r
+        for p, w in zip(lars_ps, w_lars):
+            torch.testing.assert_close(p.data, w)
+        for p, w in zip(lamb_ps, w_lamb):
+            torch.testing.assert_close(p.data, w)
+        assert all(p.grad is not None and torch.equal(p.grad, g) for p, g in zip(lars_ps, step_grads))  # grads untouched

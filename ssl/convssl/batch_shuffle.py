@@ -37,9 +37,10 @@ def grouped_forward(fn: Callable[[torch.Tensor], torch.Tensor], x_B: torch.Tenso
 
 
 def shuffle_permutation(n: int, seed: int, device: torch.device) -> torch.Tensor:
-    """A random permutation of ``n`` that is the same on every rank (same seed)."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=gen).to(device)
+    """A random permutation of ``n`` that is the same on every rank (same seed), drawn on
+    ``device`` itself (no host-to-device copy in the step)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.randperm(n, generator=gen, device=device)
 
 
 @torch.no_grad()

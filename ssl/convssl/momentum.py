@@ -27,8 +27,7 @@ def ema_update(online: nn.Module, target: nn.Module, m: float) -> None:
     t_params, o_params = list(target.parameters()), list(online.parameters())
     if len(t_params) != len(o_params):
         raise ValueError("ema_update: online and target modules have different parameters")
-    for t, o in zip(t_params, o_params):
-        t.lerp_(o.detach(), 1.0 - m)
+    torch._foreach_lerp_(t_params, [o.detach() for o in o_params], 1.0 - m)  # one fused update, no loop of kernels
 
 
 def momentum_at(step: int, total_steps: int, base: float, schedule: str = "constant") -> float:

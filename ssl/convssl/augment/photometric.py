@@ -26,6 +26,10 @@ def color_augment(x_BCHW: torch.Tensor, cfg: ColorAugConfig,
 
     ``x`` is float in 0..1 with 1 or 3 channels; returns a new tensor, same shape and range.
     ``generator`` (on ``x``'s device) makes the draws reproducible; the global RNG otherwise.
+    No host-device sync: every per-sample choice is a ``torch.where`` on the device (the
+    blur runs on the whole batch and is kept where drawn); the one per-batch choice, the
+    order of the jitter operations, is drawn on the CPU (from ``generator`` when it is a
+    CPU generator, else from torch's global CPU RNG).
     """
     B, C = x_BCHW.shape[:2]
     if C not in (1, 3):
@@ -41,10 +45,11 @@ def color_augment(x_BCHW: torch.Tensor, cfg: ColorAugConfig,
     def where_rows(sel_B, new, old):
         return torch.where(sel_B.view(-1, 1, 1, 1), new, old)
 
-    jitter_B = draw(B) < cfg.jitter_p
-    if cfg.jitter_p > 0 and jitter_B.any():
+    if cfg.jitter_p > 0:
+        jitter_B = draw(B) < cfg.jitter_p
         y = x
-        order = draw(4).argsort().tolist()  # one order per batch
+        cpu_generator = generator if generator is not None and generator.device.type == "cpu" else None
+        order = torch.randperm(4, generator=cpu_generator).tolist()  # one order per batch, a CPU draw
         for op in order:
             if op == 0 and cfg.brightness > 0:
                 y = adjust_brightness(y, uniform(B, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness))
@@ -63,10 +68,8 @@ def color_augment(x_BCHW: torch.Tensor, cfg: ColorAugConfig,
     if cfg.blur_p > 0:
         blur_B = draw(B) < cfg.blur_p
         sigma_B = uniform(B, *cfg.blur_sigma)
-        idx = blur_B.nonzero().flatten()
-        if idx.numel():
-            k = blur_kernel_size(x.shape[-1], cfg.blur_kernel_frac)
-            x = x.index_copy(0, idx, gaussian_blur(x[idx], sigma_B[idx], k))
+        k = blur_kernel_size(x.shape[-1], cfg.blur_kernel_frac)
+        x = where_rows(blur_B, gaussian_blur(x, sigma_B, k).clamp_(0.0, 1.0), x)  # clamp: GEMM rounding
 
     if cfg.solarize_p > 0:
         sol_B = draw(B) < cfg.solarize_p

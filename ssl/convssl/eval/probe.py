@@ -21,6 +21,7 @@ from convssl.eval import knn as knn_mod
 from convssl.eval import linear
 from convssl.eval.features import MAX_DIMS, features_of_shards
 from convssl.eval.report import write_report
+from convssl.eval.status_line import StatusLine
 from convssl.writable import ensure_writable_dir
 
 FORMAT = "convssl-probe/1"
@@ -29,28 +30,32 @@ FORMAT = "convssl-probe/1"
 def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channels: int, mean, std,
           out_dir: str | Path, batch_size: int = 256, workers: int = 2, knn: bool = True,
           max_dims: int | None = MAX_DIMS, checkpoint: str | None = None, step: int | None = None,
-          seed: int | None = None) -> dict:
+          seed: int | None = None, status: StatusLine | None = None) -> dict:
     """Extract frozen features of ``train_spec`` and ``val_spec``, fit the probes per stage,
     write ``report.json``, ``report.md`` and ``stages.png`` into ``out_dir``.
 
     The encoder runs on the device of its parameters; the probes are fitted there too.
     ``checkpoint``, ``step`` and ``seed`` (for a random-init encoder) are recorded in
-    the report. Returns the report dict (accuracies are top-1 fractions in [0, 1]).
+    the report. ``status`` shows progress (feature pass img/s and ETA, the stage being
+    fitted). Returns the report dict (accuracies are top-1 fractions in [0, 1]).
     """
     ensure_writable_dir(out_dir, "out_dir")  # fail now, not after the features
     started = time.perf_counter()
     device = next(encoder.parameters()).device
     read = dict(size=size, channels=channels, mean=mean, std=std, batch_size=batch_size, workers=workers,
-                max_dims=max_dims)
-    train = features_of_shards(encoder, train_spec, **read)
-    val = features_of_shards(encoder, val_spec, **read)
+                max_dims=max_dims, status=status)
+    train = features_of_shards(encoder, train_spec, label="train features", **read)
+    val = features_of_shards(encoder, val_spec, label="val features", **read)
     seconds = {"features": time.perf_counter() - started, "linear": 0.0, "knn": 0.0}
     num_classes = int(max(train.labels_N.max(), val.labels_N.max())) + 1
     if len(train) < 2:
         raise DataError(f"the training shards {train_spec!r} hold {len(train)} sample(s); a probe needs more")
 
     stages = []
-    for tr, va in zip(train.stages, val.stages):
+    for index, (tr, va) in enumerate(zip(train.stages, val.stages)):
+        if status is not None:
+            status.show(f"stage {index + 1}/{len(train.stages)} ({tr.name}, {tr.dims} dims): linear probe"
+                        f"{' + kNN' if knn else ''}, {time.perf_counter() - started:.0f} s so far", force=True)
         row = {"name": tr.name, "channels": tr.channels, "reduction": tr.reduction, "grid": tr.grid, "dims": tr.dims}
         t0 = time.perf_counter()
         fit = linear.linear_probe(tr.feats_ND, train.labels_N, va.feats_ND, val.labels_N,
@@ -68,6 +73,8 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
             row |= {f"knn{k}": None for k in knn_mod.KS}
         stages.append(row)
     seconds["total"] = time.perf_counter() - started
+    if status is not None:
+        status.close()
 
     config = encoder.config
     report = {
@@ -82,7 +89,9 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
         "counts": {"train": len(train), "val": len(val), "classes": num_classes},
         "chance": 1.0 / num_classes,
         "protocol": {"features": f"per-stage average pooling to <= {max_dims} dims, eval mode",
-                     "linear": "standardized, L-BFGS multinomial logistic regression, mean CE + wd/2 ||W||^2",
+                     "linear": "standardized, L-BFGS multinomial logistic regression, mean CE + wd/2 ||W||^2; "
+                               f"every wd fitted from zero for {linear.SEARCH_ITER} iterations in one batched solve, "
+                               f"the final fit warm-started from the chosen wd's, <= {linear.MAX_ITER} iterations",
                      "wd_grid": list(linear.WD_GRID), "heldout": linear.HELDOUT,
                      "knn_ks": list(knn_mod.KS) if knn else [], "knn_temperature": knn_mod.TEMPERATURE,
                      "units": "accuracies are top-1 fractions in [0, 1]"},

@@ -39,7 +39,8 @@ def nt_xent_logits(z1_BD: torch.Tensor, z2_BD: torch.Tensor, temperature: float
     mine_B = torch.arange(B, device=z1.device) + dist.rank() * B  # global index of my samples
     self_A = torch.cat([mine_B, mine_B + N])
     target_A = torch.cat([mine_B + N, mine_B])
-    is_self_AM = F.one_hot(self_A, 2 * N).bool()
+    # a comparison, not F.one_hot: one_hot reads the indices' min and max on the host
+    is_self_AM = self_A[:, None] == torch.arange(2 * N, device=z1.device)[None, :]
     return logits_AM.masked_fill(is_self_AM, float("-inf")), target_A
 
 

@@ -127,7 +127,12 @@ class MoCo(nn.Module):
         self.register_buffer("queue", queue_KD)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # Host-side mirrors, so a step reads no device scalar: the shuffle seed needs the
+        # step count (restored from the ``steps`` buffer on load), the log the momentum.
+        self._steps = 0
+        self.register_load_state_dict_post_hook(_mirror_steps)
         self._momentum = cfg.momentum
+        self.register_buffer("momentum_now", torch.tensor(float(cfg.momentum)), persistent=False)
 
     # ---- views -------------------------------------------------------------------------
     def loader_transform(self):
@@ -149,7 +154,7 @@ class MoCo(nn.Module):
     def keys(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         """Normalized keys ``[B, D]`` from the momentum encoder, shuffle-BN applied."""
         if self.cfg.shuffle_bn:
-            seed = self.cfg.shuffle_seed * 1_000_003 + int(self.steps)
+            seed = self.cfg.shuffle_seed * 1_000_003 + self._steps
             k = shuffled_forward(self._key, x_BCHW, groups=self.cfg.bn_groups, seed=seed)
         else:
             k = grouped_forward(self._key, x_BCHW, self.cfg.bn_groups)
@@ -169,10 +174,10 @@ class MoCo(nn.Module):
         if self.training:
             self.enqueue(dist.all_gather_no_grad(k_BD))
             self.steps += 1
+            self._steps += 1
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == 0).float().mean()
-        return {"loss": loss, "acc": acc,
-                "momentum": torch.tensor(self._momentum, device=logits.device)}
+        return {"loss": loss, "acc": acc, "momentum": self.momentum_now.clone()}
 
     @torch.no_grad()
     def enqueue(self, keys_ND: torch.Tensor) -> None:
@@ -188,6 +193,7 @@ class MoCo(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """EMA of the online encoder and head into the momentum ones (after the optimizer step)."""
         self._momentum = momentum_at(step, total_steps, self.cfg.momentum, self.cfg.momentum_schedule)
+        self.momentum_now.fill_(self._momentum)  # a device fill, no host-to-device copy
         ema_update(self.encoder, self.encoder_momentum, self._momentum)
         ema_update(self.head, self.head_momentum, self._momentum)
 
@@ -197,3 +203,9 @@ class MoCo(nn.Module):
     def export_encoder(self):
         """The online encoder (features before the projection head)."""
         return self.encoder
+
+
+def _mirror_steps(module: MoCo, incompatible_keys) -> None:
+    """After ``load_state_dict``: the host step count follows the loaded ``steps`` buffer
+    (one read at load time, none per step)."""
+    module._steps = int(module.steps)

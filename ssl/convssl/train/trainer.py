@@ -112,7 +112,11 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
 
     model = task
     if info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # A task that syncs its own BatchNorm keeps its buffers consistent itself (SparK's
+        # sparse BN; MoCo: per-rank BN by design, a queue and momentum encoder identical on
+        # every rank by construction): DDP need not re-broadcast them (the queue!) every forward.
+        model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                          broadcast_buffers=not task.manages_batchnorm_sync)
     if recipe.train.compile:
         model = torch.compile(model)
 
@@ -263,7 +267,9 @@ def _log(window, step, lr, wd, plan, info, log, bar, skipped: int = 0) -> dict:
     now = time.perf_counter()
     elapsed = now - window["t"]
     n = max(1, window["n"])  # steps in the window that were applied (skipped ones are not averaged)
-    scalars = {k: float(cdist.all_reduce_mean(v / n)) for k, v in sorted(window["sums"].items())}
+    names = sorted(window["sums"])  # one stacked all-reduce and one device read for every key
+    means = cdist.all_reduce_mean(torch.stack([window["sums"][k] for k in names]) / n).tolist() if names else []
+    scalars = dict(zip(names, means))
     if skipped:
         scalars["skipped_steps"] = float(skipped)
     img_s = n * plan.global_batch / max(elapsed, 1e-9)
