@@ -41,6 +41,7 @@ class TrainConfig:
         manage it themselves: SparK's sparse BN syncs visible positions, MoCo uses shuffle-BN).
     ckpt_every / log_every / image_every: in optimizer steps (0 = only at the end / never).
     keep_checkpoints: how many step checkpoints to keep (the newest).
+    monitor_every: steps between online monitor checks (``pretrain --monitor SHARDS``; 0 = never).
     """
 
     epochs: float = 100.0
@@ -54,3 +55,4 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     image_every: int = 0
+    monitor_every: int = 100
