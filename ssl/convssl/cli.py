@@ -19,6 +19,7 @@ COMMANDS = {
     "info": "show an encoder's stages, channels, reductions and parameter count",
     "quickstart": "pretrain on the embedded sample, probe, and compare with random init",
     "bench": "measure speed: loader throughput (data) or a training step (step)",
+    "compare": "one Markdown table and PNG plots over several run directories",
 }
 
 
