@@ -27,13 +27,32 @@ def tiny(task: dict, **train):
     })
 
 
+def small_labeled(root: Path, name: str, count: int) -> str:
+    """The first ``count`` images of the embedded labeled shards, rewritten as real shards
+    (an ImageFolder tree -> convssl's writer), so the probe in this test stays quick."""
+    from PIL import Image
+
+    from convssl.data.reader import ShardDataset
+    from convssl.data.sources import open_source
+    from convssl.data.writer import write_shards
+
+    tree = root / f"{name}-src"
+    for i, sample in enumerate(ShardDataset(str(DATA / name), labeled=True, channels=1)):
+        if i == count:
+            break
+        (tree / f"c{sample['cls']}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample["img"][0].numpy(), "L").save(tree / f"c{sample['cls']}" / f"{i:04d}.png")
+    write_shards(open_source(str(tree), labeled=True), root / name)
+    return str(root / name)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
+    train, test = small_labeled(root, "train", 120), small_labeled(root, "test", 60)
     rotation = tiny({"name": "rotation", "hidden": 16}, monitor_every=2)
-    pretrain(rotation, str(DATA / "unlabeled"), root / "rotation", progress=False, monitor=str(DATA / "train"))
-    probe_checkpoint(root / "rotation", str(DATA / "train"), str(DATA / "test"), root / "rotation" / "probe",
-                     workers=0, max_dims=256)
+    pretrain(rotation, str(DATA / "unlabeled"), root / "rotation", progress=False, monitor=train)
+    probe_checkpoint(root / "rotation", train, test, root / "rotation" / "probe", workers=0, max_dims=64, knn=True)
     multi = tiny({"name": "multi", "tasks": [{"name": "rotation", "hidden": 16, "weight": 0.4},
                                              {"name": "simclr", "proj_hidden_dim": 16, "proj_out_dim": 8}]})
     pretrain(multi, str(DATA / "unlabeled"), root / "multi", progress=False)

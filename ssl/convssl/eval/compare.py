@@ -107,7 +107,7 @@ def unique_names(runs: list[RunSummary]) -> None:
 
 
 def _fmt(value, spec: str = ".4g", scale: float = 1.0) -> str:
-    return "-" if value is None else format(value * scale, spec)
+    return "-" if value is None else format(value * scale if scale != 1.0 else value, spec)
 
 
 def best_probe(run: RunSummary) -> tuple[str, float] | None:
@@ -136,8 +136,8 @@ def markdown_table(runs: list[RunSummary]) -> str:
         best = best_probe(r)
         collapsed = r.last("monitor/collapsed")
         cells = [
-            r.name, r.task, str(r.config.get("encoder", {}).get("spec", "?")), _fmt(steps, "d"),
-            _fmt(r.config.get("run", {}).get("global_batch") or r.config.get("data", {}).get("batch_size"), "d"),
+            r.name, r.task, str(r.config.get("encoder", {}).get("spec", "?")), _fmt(int(steps) if steps is not None else None, "d"),
+            _fmt(r.config.get("run", {}).get("global_batch") or r.config.get("data", {}).get("batch_size"), ""),
             _fmt(r.last("loss")), _fmt(r.mean("img_per_s"), ".1f"), _fmt(r.wall_seconds(), ".0f"),
             "-" if best is None else f"{100 * best[1]:.1f} ({best[0]})", _fmt(knn_of_best(r), ".1f", 100),
             _fmt(r.last("monitor/probe_top1"), ".1f", 100), _fmt(r.last("monitor/knn_top1"), ".1f", 100),

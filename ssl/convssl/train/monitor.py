@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from convssl.data.normalize import normalize
 from convssl.errors import DataError
-from convssl.eval.features import iter_labeled_batches
+from convssl.eval.features import labeled_batches
 from convssl.eval.knn import knn_eval
 
 KNN_K, KNN_T = 20, 0.07
@@ -73,12 +73,13 @@ class Monitor:
                  lr: float = 1e-2, batch_size: int = 256, seed: int = 0):
         imgs, labels = [], []
         count = 0
-        for img_BCHW, cls_B in iter_labeled_batches(spec, data.size, data.channels, batch_size, 0):
-            imgs.append(img_BCHW)
-            labels.append(cls_B)
-            count += len(cls_B)
-            if count >= samples:
-                break
+        with labeled_batches(spec, data.size, data.channels, batch_size, 0) as batches:
+            for img_BCHW, cls_B in batches:
+                imgs.append(img_BCHW)
+                labels.append(cls_B)
+                count += len(cls_B)
+                if count >= samples:
+                    break
         if count < 10:
             raise DataError(f"--monitor {spec!r}: need at least 10 labeled samples, found {count}")
         self.img_NCHW = torch.cat(imgs)[:samples]
