@@ -15,6 +15,7 @@ from convssl.cli import main
 from convssl.data.crops import ResizeCenterCrop
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset
+from convssl.data.views import Named
 from convssl.eval.embed import PALETTE, neighbour_agreement
 from convssl.recipe import recipe_from_dict
 from convssl.train import checkpoint as ckpt_io
@@ -58,7 +59,7 @@ def test_pca_map_of_a_real_checkpoint(real_ckpt, tmp_path, capsys):
     model = custom_nets.small_convnet(in_chans=1)
     model.load_state_dict(ckpt["encoder"], strict=False)
     model.eval()
-    images = {s["key"]: s["img"] for s in ShardDataset(TEST, transform=ResizeCenterCrop(16, resize=16), channels=1)}
+    images = {s["key"]: s["img"] for s in ShardDataset(TEST, transform=Named(ResizeCenterCrop(16, resize=16)), channels=1)}
     x = normalize(torch.stack([images[r["key"]] for r in rows]), [0.286], [0.353])
     with torch.no_grad():
         feats = model[:13](x).mean(dim=(2, 3)).double().numpy()  # modules 0-12: the last stage ends at 12

@@ -90,7 +90,8 @@ class ReadStats:
     read: raw samples taken from shard streams (also those passed over to reach a unit's
         range, skipped on resume, or re-read after a retry).
     seen: samples decoded, corrupt ones included, plus the unread samples of failed shards.
-    corrupt: samples that could not be decoded, plus the unread samples of failed shards.
+    corrupt: samples that could not be decoded, plus the unread samples of failed shards
+        (known from the manifest; 1 per failed shard without one).
     failed_shards: shards given up on after their retries.
     retries: shard re-opens after a failure.
     read_s, decode_s: seconds spent reading shards (I/O and tar parsing), and decoding +

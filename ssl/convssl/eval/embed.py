@@ -30,10 +30,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from convssl.data.crops import ResizeCenterCrop
 from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.views import Named
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, DataError
 from convssl.eval.features import eval_resize, extract_features
+from convssl.workers import loader_batches
 
 FORMAT = "convssl-embed/1"
 METHODS = ("auto", "umap", "tsne", "pca")
@@ -71,17 +73,19 @@ def read_batches(spec: str, *, size: int, channels: int, max_samples: int, batch
     """
     urls, manifest = resolve_shards(spec)
     labeled = bool(manifest.labeled) if manifest is not None else False
-    dataset = ShardDataset(urls, transform=ResizeCenterCrop(size, resize=eval_resize(size)), channels=channels,
-                           labeled=labeled, shuffle_buffer=4 * max_samples, seed=seed, manifest=manifest)
+    dataset = ShardDataset(urls, transform=Named(ResizeCenterCrop(size, resize=eval_resize(size))),
+                           channels=channels, labeled=labeled, shuffle_buffer=4 * max_samples, seed=seed,
+                           manifest=manifest)
     left = max_samples
-    for batch in make_loader(dataset, min(batch_size, max_samples), workers, persistent_workers=False):
-        take = min(left, len(batch["key"]))
-        img = batch["img"][0] if isinstance(batch["img"], list) else batch["img"]
-        cls = batch["cls"] if labeled else torch.full((len(batch["key"]),), UNLABELED)
-        yield img[:take], cls[:take], batch["key"][:take]
-        left -= take
-        if left <= 0:
-            return
+    loader = make_loader(dataset, min(batch_size, max_samples), workers, persistent_workers=False)
+    with loader_batches(loader) as batches:
+        for batch in batches:
+            take = min(left, len(batch["key"]))
+            cls = batch["cls"] if labeled else torch.full((len(batch["key"]),), UNLABELED)
+            yield batch["img"][:take], cls[:take], batch["key"][:take]
+            left -= take
+            if left <= 0:
+                return
 
 
 def principal_components(x_ND: torch.Tensor, k: int) -> torch.Tensor:

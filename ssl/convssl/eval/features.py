@@ -24,7 +24,7 @@ from convssl.data.crops import ResizeCenterCrop
 from convssl.data.views import Named
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
-from convssl.data.tar_stream import iter_shard
+from convssl.data.tar_stream import is_local, iter_shard, local_path
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
 from convssl.errors import DataError
@@ -98,8 +98,9 @@ def _check_labeled(spec: str, urls: list[str], manifest) -> None:
     """Refuse unlabeled shards: by their manifest, else by the first sample of a local shard."""
     if manifest is not None:
         labeled = manifest.labeled
-    elif Path(urls[0]).is_file():
-        first = next(iter_shard(urls[0]), None)
+    elif is_local(urls[0]) and Path(local_path(urls[0])).is_file():
+        with contextlib.closing(iter_shard(urls[0])) as samples:
+            first = next(samples, None)
         labeled = first is None or "cls" in first[1]
     else:
         return  # a remote shard set without a manifest: the reader counts unlabeled samples as corrupt

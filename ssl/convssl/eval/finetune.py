@@ -18,9 +18,7 @@ Legend: B per-rank batch, C channels, H/W input size, K classes.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder, EncoderConfig, build_encoder
 from convssl.errors import ConfigError, ConvsslError, DataError
 from convssl.eval import label_subset
-from convssl.eval.features import iter_labeled_batches
+from convssl.eval.features import labeled_batches
 from convssl.eval.finetune_config import RESUMABLE_CHANGES, FinetuneConfig
 from convssl.eval.finetune_report import write_report
 from convssl.eval.input_spec import input_spec
@@ -51,7 +49,9 @@ from convssl.train.optim import optimizer_for_groups
 from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import warmup_cosine
+from convssl.train.interrupt import StopRequest
 from convssl.train.state import rng_state, seed_all, set_rng_state
+from convssl.workers import stop_workers
 
 FORMAT = "convssl-finetune/1"
 INITS = ("pretrained", "random")
@@ -78,15 +78,15 @@ class Classifier(nn.Module):
 class TrainView:
     """The worker-side training transform: one random resized crop, maybe flipped.
 
-    The one place that knows the reader's transform contract (its output becomes the
-    sample's ``img``); ``_images`` is its other half, on the batch side.
+    The one place that knows the reader's transform contract (the returned dict is
+    merged into the sample); ``_images`` is its other half, on the batch side.
     """
 
     def __init__(self, size: int, cfg: FinetuneConfig):
         self.crop = RandomResizedCrop(size, scale=cfg.scale, ratio=cfg.ratio, flip=cfg.flip)
 
-    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.crop(img_CHW, generator)
+    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
+        return {"img": self.crop(img_CHW, generator)}
 
 
 def _images(batch: dict) -> torch.Tensor:
@@ -209,9 +209,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
         step = _loop(net, model, optimizer, scaler, amp_dtype, batches, cfg, plan, info, dev, step, end,
                      ckpt_dir, log, bar, run, history, source)
     finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)  # what the iterator's __del__ calls
-        if shutdown is not None:
-            shutdown()
+        stop_workers(batches)
         bar.close()
         if log:
             log.close()
@@ -235,56 +233,61 @@ def _loop(net, model, optimizer, scaler, amp_dtype, batches, cfg, plan, info, de
     final_lr = plan.peak_lr * cfg.min_lr_ratio
     trainable = [p for p in model.parameters() if p.requires_grad]
     window = {"n": 0, "t": time.perf_counter(), "wait": 0.0, "loss": 0.0, "acc": 0.0}
-    start_step = step
-    try:
-        with _SigtermAsInterrupt():
-            while step < end:
-                t0 = time.perf_counter()
-                batch = next(batches)
-                x_BCHW = normalize(_images(batch).to(dev, non_blocking=True), run["mean"], run["std"])
-                if cfg.channels_last:
-                    x_BCHW = x_BCHW.contiguous(memory_format=torch.channels_last)
-                cls_B = batch["cls"].to(dev, non_blocking=True)
-                window["wait"] += time.perf_counter() - t0
+    with StopRequest() as stop:
+        while step < end:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            x_BCHW = normalize(_images(batch).to(dev, non_blocking=True), run["mean"], run["std"])
+            if cfg.channels_last:
+                x_BCHW = x_BCHW.contiguous(memory_format=torch.channels_last)
+            cls_B = batch["cls"].to(dev, non_blocking=True)
+            window["wait"] += time.perf_counter() - t0
 
-                lr = warmup_cosine(step, plan.total_steps, plan.peak_lr, plan.warmup_steps, final_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
+            lr = warmup_cosine(step, plan.total_steps, plan.peak_lr, plan.warmup_steps, final_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
 
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits_BK = net(x_BCHW)
-                loss = F.cross_entropy(logits_BK.float(), cls_B, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits_BK = net(x_BCHW)
+            loss = F.cross_entropy(logits_BK.float(), cls_B, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss.detach()):  # before the step: the weights stay those of step - 1
+                raise ConvsslError(f"the fine-tuning loss became {loss.item()} at step {step + 1}; lower "
+                                   "lr_per_256 (--set lr_per_256=...) or set clip_grad, then start again")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
 
-                if not torch.isfinite(loss.detach()):
-                    raise ConvsslError(f"the fine-tuning loss became {loss.item()} at step {step}; lower "
-                                       "lr_per_256 (--set lr_per_256=...) or set clip_grad, then start again")
-                window["n"] += 1
-                window["loss"] += loss.detach().float()
-                window["acc"] += (logits_BK.detach().argmax(1) == cls_B).float().mean()
-                if step % max(1, cfg.log_every) == 0 or step == end:
-                    _log(window, step, lr, plan, log, bar)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
-                    if info.is_main:
-                        history.append({"step": step, **_evaluate(model, run, cfg)})
-                        log.scalars(step, {f"val_{k}": v for k, v in history[-1].items() if k in ("top1", "loss")})
-                    cdist.barrier()
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end:
-                    _save(model, optimizer, scaler, step, cfg, run, history, source, ckpt_dir, info)
-    except KeyboardInterrupt:
-        if step > start_step:
-            path = _save(model, optimizer, scaler, step, cfg, run, history, source, ckpt_dir, info)
-            raise ConvsslError(f"interrupted at step {step}; checkpoint saved to {path}; "
-                               "continue with the same command plus --resume") from None
-        raise ConvsslError(f"interrupted at step {step}; nothing new to save") from None
+            window["n"] += 1
+            window["loss"] += loss.detach().float()
+            window["acc"] += (logits_BK.detach().argmax(1) == cls_B).float().mean()
+            if step % max(1, cfg.log_every) == 0 or step == end:
+                _log(window, step, lr, plan, log, bar)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
+                if info.is_main:
+                    history.append({"step": step, **_evaluate(model, run, cfg)})
+                    log.scalars(step, {f"val_{k}": v for k, v in history[-1].items() if k in ("top1", "loss")})
+                cdist.barrier()
+            stop_now = _agree(stop.requested)  # the same decision on every rank
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end or stop_now:
+                path = _save(model, optimizer, scaler, step, cfg, run, history, source, ckpt_dir, info)
+            if stop_now and step < end:
+                raise ConvsslError(f"stopped by a signal at step {step}; checkpoint saved to {path}; "
+                                   "continue with the same command plus --resume")
     return step
+
+
+def _agree(flag: bool) -> bool:
+    """True on every rank when it is True on any (a signal may reach only some ranks)."""
+    if not cdist.is_enabled():
+        return flag
+    t = torch.tensor([int(flag)])
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _log(window, step, lr, plan, log, bar) -> None:
@@ -312,9 +315,9 @@ def _evaluate(model: Classifier, run: dict, cfg: FinetuneConfig) -> dict:
     per_class_hit = torch.zeros(run["num_classes"], dtype=torch.int64)
     per_class_all = torch.zeros(run["num_classes"], dtype=torch.int64)
     try:
-        with torch.random.fork_rng(devices=[]):
-            for img_BCHW, cls_B in iter_labeled_batches(run["val"], run["size"], run["channels"],
-                                                        max(cfg.batch_size, 64), cfg.workers):
+        with torch.random.fork_rng(devices=[]), labeled_batches(run["val"], run["size"], run["channels"],
+                                                                 max(cfg.batch_size, 64), cfg.workers) as batches:
+            for img_BCHW, cls_B in batches:
                 if int(cls_B.max()) >= run["num_classes"]:
                     raise DataError(f"the validation shards hold class {int(cls_B.max())}, but the training "
                                     f"labels have {run['num_classes']} classes; use shards with the same classes")
@@ -468,23 +471,3 @@ def _amp_dtype(precision: str, dev: torch.device):
 
 def _versions() -> dict:
     return {"convssl": convssl.__version__, "torch": str(torch.__version__)}
-
-
-class _SigtermAsInterrupt(contextlib.AbstractContextManager):
-    """SIGTERM (a scheduler's kill) raises KeyboardInterrupt, so a checkpoint is saved."""
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        return False

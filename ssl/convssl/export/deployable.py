@@ -23,11 +23,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import convssl
+from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import to_dict
 from convssl.encoders import Encoder
 from convssl.errors import ConvsslError
 from convssl.eval.input_spec import input_spec
 from convssl.train import checkpoint as ckpt_io
+from convssl.writable import ensure_writable_dir
 
 SIDECAR_FORMAT = "convssl-deploy/1"
 CHECK_BATCH_SIZES = (1, 2, 5)
@@ -73,6 +75,10 @@ def output_names(encoder: Encoder) -> list[str]:
 def load_deployable(ckpt_path: str | Path) -> tuple[DeployableBackbone, dict]:
     """The checkpoint's backbone, in eval mode on the CPU, and its input description."""
     encoder, ckpt = ckpt_io.load_encoder(ckpt_path)
+    bad = ckpt_io.non_finite(ckpt["encoder"])
+    if bad:
+        raise ConvsslError(f"checkpoint {ckpt['path']!r} holds NaN or infinite weights in {len(bad)} tensor(s) "
+                           f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); export an earlier checkpoint")
     spec = input_spec(ckpt, encoder)
     return DeployableBackbone(encoder).eval(), {"ckpt": ckpt, "size": spec.size, "channels": spec.channels,
                                                 "mean": list(spec.mean), "std": list(spec.std)}
@@ -142,7 +148,7 @@ def write_sidecar(out_path: Path, runtime: str, module: DeployableBackbone, info
         **extra,
     }
     sidecar_path = Path(f"{out_path}.json")
-    sidecar_path.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
     sidecar["paths"] = {"file": str(out_path), "sidecar": str(sidecar_path)}
     return sidecar
 
@@ -151,5 +157,6 @@ def resolve_out(out_path: str | Path, default_name: str) -> Path:
     out_path = Path(out_path)
     if out_path.is_dir():
         out_path = out_path / default_name
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out_path.parent, "--out")
+    clean_stale_temps(out_path.parent)  # left by an export that was killed
     return out_path

@@ -7,12 +7,11 @@ runs the check. All three come with ``pip install 'convssl[onnx]'``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from convssl.atomic import write_atomic
 from convssl.errors import ConvsslError
 from convssl.export.deployable import (example_input, load_deployable, max_abs_differences, output_names,
                                        resolve_out, write_sidecar)
@@ -34,10 +33,10 @@ def export_onnx(ckpt_path: str | Path, out_path: str | Path) -> dict:
     module, info = load_deployable(ckpt_path)
     out_path = resolve_out(out_path, "backbone.onnx")
     names = output_names(module.encoder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
-        batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    checked = {}
+
+    def write(tmp: Path) -> None:  # the file is renamed into place only once it passed the check
         try:
             program = torch.onnx.export(module, (example_input(info, 2),), dynamo=True, input_names=["image"],
                                         output_names=names, dynamic_shapes=({0: batch},), optimize=True,
@@ -46,13 +45,12 @@ def export_onnx(ckpt_path: str | Path, out_path: str | Path) -> dict:
             raise ConvsslError(f"ONNX export of {module.encoder.config.spec if module.encoder.config else 'the encoder'} "
                                f"failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                "try --format torchscript") from exc
-        program.save(tmp)
-        session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        diffs = max_abs_differences(module, lambda x: session.run(None, {"image": x.numpy()}), info)
-        opset = next((o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return write_sidecar(out_path, "onnx", module, info, diffs,
-                         {"opset": opset, "checked_with": f"onnxruntime {onnxruntime.__version__} (CPU)"})
+        program.save(str(tmp))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        checked["diffs"] = max_abs_differences(module, lambda x: session.run(None, {"image": x.numpy()}), info)
+        checked["opset"] = next((o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")),
+                                None)
+
+    write_atomic(out_path, write)
+    return write_sidecar(out_path, "onnx", module, info, checked["diffs"],
+                         {"opset": checked["opset"], "checked_with": f"onnxruntime {onnxruntime.__version__} (CPU)"})

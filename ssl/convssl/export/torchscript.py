@@ -8,13 +8,12 @@ TorchScript as deprecated in favour of ``torch.export``; files load with
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from convssl.atomic import write_atomic
 from convssl.errors import ConvsslError
 from convssl.export.deployable import example_input, load_deployable, max_abs_differences, resolve_out, write_sidecar
 
@@ -26,9 +25,9 @@ def export_torchscript(ckpt_path: str | Path, out_path: str | Path) -> dict:
     several batch sizes."""
     module, info = load_deployable(ckpt_path)
     out_path = resolve_out(out_path, "backbone.torchscript.pt")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    checked = {}
+
+    def write(tmp: Path) -> None:  # the file is renamed into place only once it passed the check
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
             # The Encoder's input checks compare shapes; in the trace they become constants,
@@ -39,12 +38,10 @@ def export_torchscript(ckpt_path: str | Path, out_path: str | Path) -> dict:
             except Exception as exc:  # tracing errors carry many types
                 raise ConvsslError(f"TorchScript tracing failed ({type(exc).__name__}: {exc}); "
                                    "try --format onnx or a plain weights export") from exc
-            torch.jit.save(traced, tmp)
-            loaded = torch.jit.load(tmp, map_location="cpu")
-        diffs = max_abs_differences(module, lambda x: loaded(x), info)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return write_sidecar(out_path, "torchscript", module, info, diffs,
+            torch.jit.save(traced, str(tmp))
+            loaded = torch.jit.load(str(tmp), map_location="cpu")
+        checked["diffs"] = max_abs_differences(module, lambda x: loaded(x), info)
+
+    write_atomic(out_path, write)
+    return write_sidecar(out_path, "torchscript", module, info, checked["diffs"],
                          {"load_example": "model = torch.jit.load(path); outputs = model(x_normalised)"})
