@@ -63,14 +63,15 @@ def test_compare_renders_table_and_plots_from_real_runs(runs, tmp_path):
     result = compare_runs([runs / "rotation", runs / "multi"], tmp_path / "cmp")
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert text == result["markdown"]
-    table = [l for l in text.splitlines() if l.startswith("| rotation |") or l.startswith("| multi |")]
+    main_table = text.split("## Linear probe")[0]
+    table = [l for l in main_table.splitlines() if l.startswith("| rotation |") or l.startswith("| multi |")]
     assert len(table) == 2
     rot, multi = (dict(zip(result["markdown"].splitlines()[2][2:-2].split(" | "), l[2:-2].split(" | ")))
                   for l in table)
     assert rot["task"] == "rotation" and multi["task"] == "multi(rotationx0.4 + simclrx1)"
     assert rot["steps"] == multi["steps"] == "4"
     assert rot["probe best top-1 % (stage)"] != "-" and multi["probe best top-1 % (stage)"] == "-"
-    assert rot["monitor kNN %"] != "-" and rot["collapsed"] == "no" and multi["monitor kNN %"] == "-"
+    assert float(rot["monitor kNN %"]) > 10 and rot["collapsed"] == "no" and multi["monitor kNN %"] == "-"
     assert "## Linear probe top-1 per stage" in text
     names = sorted(Path(p).name for p in result["plots"])
     assert names == ["loss.png", "monitor.png", "probe_stages.png", "throughput.png"]

@@ -2,7 +2,8 @@
 
 Every ``train.monitor_every`` steps (``convssl pretrain --monitor SHARDS``) the encoder's
 globally pooled last-stage features of a fixed labeled sample (read once, the first
-``samples`` images of the monitor shards in their order: 80% fit, 20% scored) are taken
+``samples`` images of the monitor shards, split 80% fit / 20% scored at random with a
+fixed seed) are taken
 in eval mode without gradients, then:
 
 - an online linear probe, as solo-learn's online classifier: a linear layer on detached
@@ -82,8 +83,10 @@ class Monitor:
                     break
         if count < 10:
             raise DataError(f"--monitor {spec!r}: need at least 10 labeled samples, found {count}")
-        self.img_NCHW = torch.cat(imgs)[:samples]
-        self.y_N = torch.cat(labels)[:samples]
+        # a fixed random split: shards written class by class must not hold out whole classes
+        order = torch.randperm(min(count, samples), generator=torch.Generator().manual_seed(seed))
+        self.img_NCHW = torch.cat(imgs)[:samples][order]
+        self.y_N = torch.cat(labels)[:samples][order]
         self.n_fit = max(1, int(0.8 * len(self.y_N)))
         self.num_classes = int(self.y_N.max()) + 1
         self.mean, self.std = data.mean, data.std
