@@ -36,7 +36,8 @@ ENCODERS = {
 # Small heads and queues so that 36 combinations stay fast; every other key is the default.
 SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
          "moco": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 64},
-         "rotation": {"hidden": 64}}
+         "rotation": {"hidden": 64},
+         "multi": {"tasks": [{"name": "rotation", "hidden": 64}]}}  # spark + rotation: tests/test_multi.py
 
 
 def recipe(task: str, encoder: str, **train):

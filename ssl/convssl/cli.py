@@ -21,6 +21,7 @@ COMMANDS = {
     "bench": "measure speed: loader throughput (data) or a training step (step)",
     "finetune": "fine-tune a pretrained encoder with a fresh head on a (few-)label subset, vs random init",
     "embed": "draw a 2-D map (UMAP, t-SNE or PCA) of an encoder's features coloured by label",
+    "compare": "one Markdown table and PNG plots over several run directories",
 }
 
 

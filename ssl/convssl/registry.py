@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "spark": "convssl.tasks.spark:SparK",
     "simclr": "convssl.tasks.simclr:SimCLR",
     "moco": "convssl.tasks.moco:MoCo",
+    "multi": "convssl.tasks.multi:MultiTask",
 }
 
 

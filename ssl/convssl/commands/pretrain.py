@@ -18,6 +18,9 @@ def add_arguments(parser) -> None:
                         help="override a recipe key, e.g. --set optim.lr_per_256=0.2 (repeatable)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--monitor", default=None, metavar="SHARDS",
+                        help="labeled shards for an online linear probe, kNN and collapse check "
+                             "every train.monitor_every steps")
 
 
 def run(args) -> int:
@@ -30,7 +33,7 @@ def run(args) -> int:
         overrides += [f"train.epochs={args.epochs}", "train.max_steps=0"] if args.max_steps is None else [f"train.epochs={args.epochs}"]
     recipe = load_recipe(args.recipe, overrides)
     summary = pretrain(recipe, args.data, args.out, resume=args.resume, device=args.device,
-                       progress=not args.quiet, stop_after=args.stop_after)
+                       progress=not args.quiet, stop_after=args.stop_after, monitor=args.monitor)
     from convssl import dist
 
     if dist.from_env().is_main:

@@ -59,6 +59,7 @@ class TrainConfig:
     keep_checkpoints: how many step checkpoints to keep (the newest).
     max_bad_steps: stop (with a checkpoint of the last finite state) after this many steps
         in a row whose loss or gradients were NaN or infinite; each such step is skipped.
+    monitor_every: steps between online monitor checks (``pretrain --monitor SHARDS``; 0 = never).
     """
 
     epochs: float = 100.0
@@ -73,13 +74,14 @@ class TrainConfig:
     log_every: int = 20
     image_every: int = 0
     max_bad_steps: int = 5
+    monitor_every: int = 100
 
     def __post_init__(self):
         at_least("epochs", self.epochs, 0)
         at_least("max_steps (0 = use epochs)", self.max_steps, 0)
         if not self.max_steps and not self.epochs > 0:
             raise ValueError("give epochs > 0 or max_steps > 0: the run would have no steps")
-        for name in ("ckpt_every", "log_every", "image_every"):
+        for name in ("ckpt_every", "log_every", "image_every", "monitor_every"):
             at_least(f"{name} (0 = off)", getattr(self, name), 0)
         at_least("keep_checkpoints", self.keep_checkpoints, 1)
         at_least("max_bad_steps", self.max_bad_steps, 1)

@@ -22,6 +22,7 @@ class Progress:
         self.enabled = enabled
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
+        self.note = ""  # a warning shown at the end of the line (the monitor's collapse check)
 
     def update(self, step: int, scalars: dict[str, float], img_per_s: float, data_share: float) -> None:
         if not self.enabled:
@@ -31,7 +32,7 @@ class Progress:
         eta = elapsed / max(done, 1) * (self.total - step)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items())
         line = (f"step {step}/{self.total}  {shown}  {img_per_s:,.0f} img/s  "
-                f"data {100 * data_share:.0f}%  ETA {_hms(eta)}")
+                f"data {100 * data_share:.0f}%  ETA {_hms(eta)}" + (f"  {self.note}" if self.note else ""))
         if self.tty:
             self.stream.write("\r\033[K" + line)
         else:

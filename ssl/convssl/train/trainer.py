@@ -39,7 +39,8 @@ from convssl.writable import ensure_writable_dir
 
 # Keys a resumed run may change (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.ckpt_every", "train.log_every",
-                     "train.image_every", "train.keep_checkpoints", "train.max_bad_steps", "data.workers"}
+                     "train.image_every", "train.keep_checkpoints", "train.max_bad_steps", "data.workers",
+                     "train.monitor_every"}
 # The remedies for a diverged run: they may change on resume, with a warning (the run is
 # then no longer the uninterrupted experiment).
 REMEDY_CHANGES = {"optim.lr_per_256", "optim.clip_grad", "train.precision"}
@@ -60,13 +61,14 @@ class Plan:
 
 def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False,
              device: str | None = None, batches=None, progress: bool = True,
-             stop_after: int | None = None) -> dict:
+             stop_after: int | None = None, monitor: str | None = None) -> dict:
     """Pretrain ``recipe`` on shards ``data`` into run directory ``out``.
 
     ``batches`` (an iterator of batch dicts) replaces the shard loader; tests use it to
     give every world size the same global batches. ``stop_after`` ends this invocation
     after that many steps with a checkpoint, the schedule unchanged (time-limited jobs
-    continue with ``resume=True``).
+    continue with ``resume=True``). ``monitor`` (labeled shards) turns on the online probe,
+    kNN and collapse check every ``train.monitor_every`` steps (``convssl.train.monitor``).
     Returns a summary: steps, final metrics, images/s, seconds, last checkpoint.
     """
     dev = torch.device(device or (f"cuda:{cdist.from_env().local_rank}" if torch.cuda.is_available() else "cpu"))
@@ -123,6 +125,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     if info.is_main:
         _write_config(run_dir, recipe, data, info, plan)
     log = RunLog(run_dir) if info.is_main else None
+    watch = _monitor(monitor, recipe, info)
     bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
     end = plan.total_steps if stop_after is None else min(plan.total_steps, step + stop_after)
     try:
@@ -137,7 +140,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         if state is not None:
             _restore_rng(state, info, recipe.train.seed)
         summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
-                        dev, step, end, ckpt_dir, log, bar)
+                        dev, step, end, ckpt_dir, log, bar, watch)
     finally:
         stop_workers(batches)
         bar.close()
@@ -173,7 +176,7 @@ def make_plan(recipe: Recipe, manifest, world_size: int) -> Plan:
 
 
 def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info, dev, step,
-          end, ckpt_dir, log, bar) -> dict:
+          end, ckpt_dir, log, bar, watch=None) -> dict:
     cfg, ocfg = recipe.train, recipe.optim
     final_lr = plan.peak_lr * ocfg.min_lr_ratio
     trainable = [p for p in task.parameters() if p.requires_grad]
@@ -226,6 +229,9 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
                 window["n"] += 1
             if step % max(1, cfg.log_every) == 0 or step == end or guard.diverged or stop_now:
                 last_scalars = _log(window, step, lr, wd, plan, info, log, bar, guard.skipped)
+            if watch is not None and cfg.monitor_every and step % cfg.monitor_every == 0:
+                log.scalars(step, watch.evaluate(task.export_encoder()))
+                bar.note = watch.note
             if ok and cfg.image_every and step % cfg.image_every == 0 and info.is_main:
                 with torch.no_grad():
                     picture = task.pictures(batch)
@@ -280,6 +286,15 @@ def _log(window, step, lr, wd, plan, info, log, bar, skipped: int = 0) -> dict:
     bar.update(step, {k: v for k, v in scalars.items() if k in ("loss", "acc")}, img_s, share)
     window.update(n=0, t=now, wait=0.0, sums={})
     return scalars
+
+
+def _monitor(spec: str | None, recipe: Recipe, info):
+    """The main rank's online monitor over labeled shards ``spec`` (None: off)."""
+    if spec is None or not info.is_main:
+        return None
+    from convssl.train.monitor import Monitor
+
+    return Monitor(spec, recipe.data, seed=recipe.train.seed)
 
 
 def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
