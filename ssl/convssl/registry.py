@@ -17,6 +17,8 @@ TASKS: dict[str, str] = {
     "spark": "convssl.tasks.spark:SparK",
     "simclr": "convssl.tasks.simclr:SimCLR",
     "moco": "convssl.tasks.moco:MoCo",
+    "context": "convssl.tasks.context:ContextPrediction",
+    "jigsaw": "convssl.tasks.jigsaw:Jigsaw",
 }
 
 

@@ -6,7 +6,13 @@ follows the per-layer linear benchmarks of Goyal et al. (2019, "Scaling and
 benchmarking self-supervised visual representation learning"): it keeps some spatial
 layout for the early, narrow stages.
 
-Legend: B batch, N samples, C channels, h/w a stage map's size, D feature dims.
+With ``patch_grid`` n > 1 each image is instead cut into n x n patches that are encoded
+separately, and each stage's pooled features are averaged over the patches: the probe
+protocol of Kolesnikov, Zhai, Beyer (2019, "Revisiting self-supervised visual
+representation learning", sec. 4) for encoders trained on patches (context prediction,
+jigsaw), which then see inputs of the size they were trained on.
+
+Legend: B batch, N samples, C channels, h/w a stage map's size, D feature dims, n patch grid.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from convssl.data.crops import ResizeCenterCrop
 from convssl.data.views import Named
@@ -24,7 +31,7 @@ from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
-from convssl.errors import DataError
+from convssl.errors import DataError, EncoderError
 
 MAX_DIMS = 9216  # as Goyal et al. 2019: each stage pooled to at most ~9k dims
 
@@ -73,6 +80,28 @@ def eval_resize(size: int) -> int:
     return size if size <= 64 else round(size / 0.875)
 
 
+def cut_patch_grid(x_BCHW: torch.Tensor, n: int) -> torch.Tensor:
+    """The central ``n * (H // n)`` square cut into n x n patches: ``[B * n * n, C, H // n, W // n]``,
+    grouped by image."""
+    side_h, side_w = x_BCHW.shape[-2] // n, x_BCHW.shape[-1] // n
+    top, left = (x_BCHW.shape[-2] - n * side_h) // 2, (x_BCHW.shape[-1] - n * side_w) // 2
+    x = x_BCHW[..., top:top + n * side_h, left:left + n * side_w]
+    return rearrange(x, "b c (i h) (j w) -> (b i j) c h w", i=n, j=n)
+
+
+def check_patch_grid(encoder: Encoder, size: int, patch_grid: int) -> None:
+    """An ``EncoderError`` when ``size // patch_grid`` is below the encoder's minimum input."""
+    if patch_grid < 1:
+        raise EncoderError(f"--patch-grid must be at least 1, not {patch_grid}")
+    minimum = encoder.reductions[-1]
+    if size // patch_grid < minimum:
+        raise EncoderError(
+            f"--patch-grid {patch_grid} cuts {size} px images into {size // patch_grid} px patches, smaller than the "
+            f"encoder's minimum input size {minimum} px (its total reduction); use --patch-grid <= {size // minimum} "
+            f"or a larger --size"
+        )
+
+
 def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
                          workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(img_uint8_BCHW, cls_B)`` batches of a labeled shard set, in a fixed order.
@@ -88,8 +117,9 @@ def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
 
 @torch.no_grad()
 def extract_features(encoder: Encoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
-                     mean, std, max_dims: int | None = MAX_DIMS) -> FeatureSet:
-    """Pooled features of every stage for ``(img_uint8_BCHW, cls_B)`` batches.
+                     mean, std, max_dims: int | None = MAX_DIMS, patch_grid: int = 1) -> FeatureSet:
+    """Pooled features of every stage for ``(img_uint8_BCHW, cls_B)`` batches (with
+    ``patch_grid`` > 1: averaged over each image's n x n patches).
 
     The encoder runs in eval mode (BatchNorm uses its running statistics), without
     gradients, on the device of its parameters; features are gathered on the CPU in
@@ -104,11 +134,13 @@ def extract_features(encoder: Encoder, batches: Iterable[tuple[torch.Tensor, tor
     try:
         for img_BCHW, cls_B in batches:
             x_BCHW = normalize(img_BCHW.to(device, non_blocking=True), mean, std)
-            maps = encoder(x_BCHW)
+            B = x_BCHW.shape[0]
+            maps = encoder(cut_patch_grid(x_BCHW, patch_grid) if patch_grid > 1 else x_BCHW)
             if grids is None:
                 grids = [pool_grid(m.shape[1], m.shape[2], m.shape[3], max_dims) for m in maps]
             for out, map_BChw, k in zip(chunks, maps, grids):
-                out.append(F.adaptive_avg_pool2d(map_BChw.float(), k).flatten(1).cpu())
+                pooled = F.adaptive_avg_pool2d(map_BChw.float(), k).flatten(1)
+                out.append(rearrange(pooled, "(b p) d -> b p d", b=B).mean(1).cpu())
             labels.append(cls_B.cpu())
     finally:
         encoder.train(was_training)
@@ -122,7 +154,9 @@ def extract_features(encoder: Encoder, batches: Iterable[tuple[torch.Tensor, tor
 
 
 def features_of_shards(encoder: Encoder, spec: str, *, size: int, channels: int, mean, std,
-                       batch_size: int = 256, workers: int = 2, max_dims: int | None = MAX_DIMS) -> FeatureSet:
+                       batch_size: int = 256, workers: int = 2, max_dims: int | None = MAX_DIMS,
+                       patch_grid: int = 1) -> FeatureSet:
     """``extract_features`` over a labeled shard set (folder, manifest or brace pattern)."""
+    check_patch_grid(encoder, size, patch_grid)
     batches = iter_labeled_batches(spec, size, channels, batch_size, workers)
-    return extract_features(encoder, batches, mean=mean, std=std, max_dims=max_dims)
+    return extract_features(encoder, batches, mean=mean, std=std, max_dims=max_dims, patch_grid=patch_grid)
