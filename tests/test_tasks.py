@@ -36,12 +36,18 @@ ENCODERS = {
 # Small heads and queues so that 36 combinations stay fast; every other key is the default.
 SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
          "moco": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 64},
-         "rotation": {"hidden": 64},
+         "rotation": {"hidden": 64}, "context": {"hidden": 64, "pairs": 2},
+         "jigsaw": {"permutations": 10, "tile_dim": 16, "hidden": 64},
          "multi": {"tasks": [{"name": "rotation", "hidden": 64}]}}  # spark + rotation: tests/test_multi.py
+# Patch tasks cut each input into a 3x3 grid whose patches must take the encoder's minimum
+# input (its total reduction): MobileNet's 32x needs >= 32 px patches, so larger inputs.
+PATCH_TASKS, PATCH_TASK_SIZES = {"context", "jigsaw"}, {"mobilenet_v3_small": 160}
 
 
 def recipe(task: str, encoder: str, **train):
     spec, extra, size = ENCODERS[encoder]
+    if task in PATCH_TASKS:
+        size = PATCH_TASK_SIZES.get(encoder, size)
     section = {"name": task}
     section.update({k: v for k, v in SMALL.get(task, {}).items() if k in _fields(task)})
     return recipe_from_dict({

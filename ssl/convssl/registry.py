@@ -18,6 +18,8 @@ TASKS: dict[str, str] = {
     "simclr": "convssl.tasks.simclr:SimCLR",
     "moco": "convssl.tasks.moco:MoCo",
     "multi": "convssl.tasks.multi:MultiTask",
+    "context": "convssl.tasks.context:ContextPrediction",
+    "jigsaw": "convssl.tasks.jigsaw:Jigsaw",
 }
 
 

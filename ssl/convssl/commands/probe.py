@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std (0-1 scale)")
     parser.add_argument("--max-dims", type=int, default=9216,
                         help="pool each stage to at most this many dims (0: global average only)")
+    parser.add_argument("--patch-grid", type=int, default=1, metavar="N",
+                        help="cut each image into N x N patches, encode each, average their features per stage "
+                             "(Kolesnikov et al. 2019; for patch-trained encoders); default 1: whole images")
     parser.add_argument("--seed", type=int, default=0, help="with --encoder: random-init seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -64,7 +67,8 @@ def run(args) -> int:
     report = probe(encoder, args.train, args.val, size=info["size"], channels=info["channels"], mean=mean, std=std,
                    out_dir=args.out, batch_size=args.batch_size, workers=args.workers, knn=not args.no_knn,
                    max_dims=args.max_dims or None, checkpoint=info.get("checkpoint"), step=info.get("step"),
-                   seed=info.get("seed"), status=StatusLine(enabled=not args.quiet))
+                   seed=info.get("seed"), status=StatusLine(enabled=not args.quiet),
+                   patch_grid=args.patch_grid)
     counts = report["counts"]
     print(f"{counts['train']} train / {counts['val']} val samples, {counts['classes']} classes "
           f"(chance {100 * report['chance']:.1f}%), {report['seconds']['total']:.1f} s; top-1 in %:")

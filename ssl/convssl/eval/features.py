@@ -11,7 +11,13 @@ img/s of NCHW for a small-input ResNet-18 on CPU, and what cuDNN prefers), and k
 the pooled features in float16 (half the memory: 60k x 9216 dims is 1.1 GB per stage);
 a stage whose values do not fit float16 stays float32. The probes upcast to float32.
 
-Legend: B batch, N samples, C channels, h/w a stage map's size, D feature dims.
+With ``patch_grid`` n > 1 each image is instead cut into n x n patches that are encoded
+separately, and each stage's pooled features are averaged over the patches: the probe
+protocol of Kolesnikov, Zhai, Beyer (2019, "Revisiting self-supervised visual
+representation learning", sec. 4) for encoders trained on patches (context prediction,
+jigsaw), which then see inputs of the size they were trained on.
+
+Legend: B batch, N samples, C channels, h/w a stage map's size, D feature dims, n patch grid.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from convssl.data.crops import ResizeCenterCrop
 from convssl.data.views import Named
@@ -34,7 +41,7 @@ from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.tar_stream import is_local, iter_shard, local_path
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
-from convssl.errors import DataError
+from convssl.errors import DataError, EncoderError
 from convssl.eval.status_line import StatusLine, hms
 from convssl.workers import loader_batches
 
@@ -84,6 +91,28 @@ def eval_resize(size: int) -> int:
     are probed whole, as in CIFAR protocols; larger ones resized to size / 0.875 and
     centre-cropped, as in ImageNet protocols (256 -> 224)."""
     return size if size <= 64 else round(size / 0.875)
+
+
+def cut_patch_grid(x_BCHW: torch.Tensor, n: int) -> torch.Tensor:
+    """The central ``n * (H // n)`` square cut into n x n patches: ``[B * n * n, C, H // n, W // n]``,
+    grouped by image."""
+    side_h, side_w = x_BCHW.shape[-2] // n, x_BCHW.shape[-1] // n
+    top, left = (x_BCHW.shape[-2] - n * side_h) // 2, (x_BCHW.shape[-1] - n * side_w) // 2
+    x = x_BCHW[..., top:top + n * side_h, left:left + n * side_w]
+    return rearrange(x, "b c (i h) (j w) -> (b i j) c h w", i=n, j=n)
+
+
+def check_patch_grid(encoder: Encoder, size: int, patch_grid: int) -> None:
+    """An ``EncoderError`` when ``size // patch_grid`` is below the encoder's minimum input."""
+    if patch_grid < 1:
+        raise EncoderError(f"--patch-grid must be at least 1, not {patch_grid}")
+    minimum = encoder.reductions[-1]
+    if size // patch_grid < minimum:
+        raise EncoderError(
+            f"--patch-grid {patch_grid} cuts {size} px images into {size // patch_grid} px patches, smaller than the "
+            f"encoder's minimum input size {minimum} px (its total reduction); use --patch-grid <= {size // minimum} "
+            f"or a larger --size"
+        )
 
 
 @contextlib.contextmanager
@@ -143,8 +172,9 @@ def _inference_layout(encoder: Encoder):
 @torch.inference_mode()
 def extract_features(encoder: Encoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                      mean, std, max_dims: int | None = MAX_DIMS, status: StatusLine | None = None,
-                     label: str = "features", total: int | None = None) -> FeatureSet:
-    """Pooled features of every stage for ``(img_uint8_BCHW, cls_B)`` batches.
+                     label: str = "features", total: int | None = None, patch_grid: int = 1) -> FeatureSet:
+    """Pooled features of every stage for ``(img_uint8_BCHW, cls_B)`` batches (with
+    ``patch_grid`` > 1: averaged over each image's n x n patches).
 
     The encoder runs in eval mode (BatchNorm uses its running statistics), in inference
     mode, channels-last, on the device of its parameters; features are gathered on the
@@ -160,11 +190,16 @@ def extract_features(encoder: Encoder, batches: Iterable[tuple[torch.Tensor, tor
     with _inference_layout(encoder):
         for img_BCHW, cls_B in batches:
             x_BCHW = normalize(img_BCHW.to(device, non_blocking=True), mean, std)
+            B = x_BCHW.shape[0]
+            x_BCHW = cut_patch_grid(x_BCHW, patch_grid) if patch_grid > 1 else x_BCHW
             maps = encoder(x_BCHW.contiguous(memory_format=torch.channels_last))
             if grids is None:
                 grids = [pool_grid(m.shape[1], m.shape[2], m.shape[3], max_dims) for m in maps]
             for out, map_BChw, k in zip(chunks, maps, grids):
-                out.append(_compact(F.adaptive_avg_pool2d(map_BChw.float(), k).flatten(1)).cpu())
+                pooled = F.adaptive_avg_pool2d(map_BChw.float(), k).flatten(1)
+                if patch_grid > 1:
+                    pooled = rearrange(pooled, "(b p) d -> b p d", b=B).mean(1)
+                out.append(_compact(pooled).cpu())
             labels.append(cls_B.cpu())
             done += len(cls_B)
             if status is not None:
@@ -195,8 +230,10 @@ def _concat(chunks: list[torch.Tensor]) -> torch.Tensor:
 
 def features_of_shards(encoder: Encoder, spec: str, *, size: int, channels: int, mean, std,
                        batch_size: int = 256, workers: int = 2, max_dims: int | None = MAX_DIMS,
-                       status: StatusLine | None = None, label: str = "features") -> FeatureSet:
+                       status: StatusLine | None = None, label: str = "features",
+                       patch_grid: int = 1) -> FeatureSet:
     """``extract_features`` over a labeled shard set (folder, manifest or brace pattern)."""
+    check_patch_grid(encoder, size, patch_grid)
     with labeled_batches(spec, size, channels, batch_size, workers) as batches:
         return extract_features(encoder, batches, mean=mean, std=std, max_dims=max_dims, status=status,
-                                label=label, total=shard_count(spec))
+                                label=label, total=shard_count(spec), patch_grid=patch_grid)

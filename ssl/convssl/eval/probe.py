@@ -30,20 +30,22 @@ FORMAT = "convssl-probe/1"
 def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channels: int, mean, std,
           out_dir: str | Path, batch_size: int = 256, workers: int = 2, knn: bool = True,
           max_dims: int | None = MAX_DIMS, checkpoint: str | None = None, step: int | None = None,
-          seed: int | None = None, status: StatusLine | None = None) -> dict:
+          seed: int | None = None, status: StatusLine | None = None,
+          patch_grid: int = 1) -> dict:
     """Extract frozen features of ``train_spec`` and ``val_spec``, fit the probes per stage,
     write ``report.json``, ``report.md`` and ``stages.png`` into ``out_dir``.
 
     The encoder runs on the device of its parameters; the probes are fitted there too.
     ``checkpoint``, ``step`` and ``seed`` (for a random-init encoder) are recorded in
     the report. ``status`` shows progress (feature pass img/s and ETA, the stage being
-    fitted). Returns the report dict (accuracies are top-1 fractions in [0, 1]).
+    fitted). ``patch_grid`` n > 1 averages each stage's features over n x n patches of
+    every image (Kolesnikov et al. 2019) instead of encoding whole images. Returns the report dict (accuracies are top-1 fractions in [0, 1]).
     """
     ensure_writable_dir(out_dir, "out_dir")  # fail now, not after the features
     started = time.perf_counter()
     device = next(encoder.parameters()).device
     read = dict(size=size, channels=channels, mean=mean, std=std, batch_size=batch_size, workers=workers,
-                max_dims=max_dims, status=status)
+                max_dims=max_dims, status=status, patch_grid=patch_grid)
     train = features_of_shards(encoder, train_spec, label="train features", **read)
     val = features_of_shards(encoder, val_spec, label="val features", **read)
     seconds = {"features": time.perf_counter() - started, "linear": 0.0, "knn": 0.0}
@@ -88,7 +90,9 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
                  "mean": list(mean), "std": list(std)},
         "counts": {"train": len(train), "val": len(val), "classes": num_classes},
         "chance": 1.0 / num_classes,
-        "protocol": {"features": f"per-stage average pooling to <= {max_dims} dims, eval mode",
+        "protocol": {"features": f"per-stage average pooling to <= {max_dims} dims, eval mode"
+                                 + (f", averaged over {patch_grid}x{patch_grid} patches per image" if patch_grid > 1 else ""),
+                     "patch_grid": patch_grid,
                      "linear": "standardized, L-BFGS multinomial logistic regression, mean CE + wd/2 ||W||^2; "
                                f"every wd fitted from zero for {linear.SEARCH_ITER} iterations in one batched solve, "
                                f"the final fit warm-started from the chosen wd's, <= {linear.MAX_ITER} iterations",
