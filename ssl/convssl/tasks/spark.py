@@ -242,6 +242,11 @@ class SparK(nn.Module):
         self.sparse_encoder.backend_choices.update((state or {}).get("backend_choices", {}))
         self.sparse_encoder._applied = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the backends carry no choices: load them as "none stored"
+        state_dict.setdefault(prefix + "_extra_state", {"backend_choices": {}})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _check_reductions(self):
         p = self.patch_size
         if p & (p - 1) or p < 2:
