@@ -1,5 +1,6 @@
 """Small user-style models for encoder tests (importable as ``custom_nets:NAME``)."""
 
+import torch
 import torch.nn as nn
 
 
@@ -42,3 +43,35 @@ def gn_convnet(in_chans: int = 1, width: int = 16) -> nn.Sequential:
         nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.GroupNorm(4, 4 * width), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 10),
     )
+
+
+class Misbehave(nn.Module):
+    """Passes its input through, except on ``count`` training forwards from the
+    ``at_call``-th on (counted only with gradients on, so building the Encoder does not
+    count): then it returns NaNs ("nan") or raises ("raise"), as a user's model that
+    diverges or breaks would."""
+
+    def __init__(self, at_call: int, mode: str, count: int = 1):
+        super().__init__()
+        self.at_call, self.mode, self.count, self.calls = at_call, mode, count, 0
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.at_call <= self.calls < self.at_call + self.count:
+                if self.mode == "raise":
+                    raise RuntimeError(f"the model broke at call {self.calls}")
+                return x * float("nan")
+        return x
+
+
+def misbehaving_convnet(in_chans: int = 1, at_call: int = 3, mode: str = "nan", count: int = 1) -> nn.Sequential:
+    """``small_convnet`` with ``Misbehave`` before its first BatchNorm, so a NaN forward
+    would poison the running statistics."""
+    net = small_convnet(in_chans)
+    return nn.Sequential(net[0], Misbehave(at_call, mode, count), *net[1:])
+
+
+def unbuildable(in_chans: int = 1) -> nn.Module:
+    """A builder that fails: a test that reaches it built the model too early."""
+    raise RuntimeError("unbuildable was called")

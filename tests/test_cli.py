@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,17 +66,23 @@ def test_quickstart_end_to_end_then_export(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "ssl"), str(ROOT / "tests")])}
     out = tmp_path / "qs"
-    cmd = [sys.executable, "-m", "convssl", "quickstart", "--out", str(out), "--max-steps", "3",
+    # 40 steps x 32 images: enough rotation pretraining to beat random init (seen: 85.2 vs
+    # 82.6 best stage on the 1000-image test split), small enough for the default suite
+    cmd = [sys.executable, "-m", "convssl", "quickstart", "--out", str(out), "--max-steps", "40",
            "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
-           "--set", "data.batch_size=16"]
+           "--set", "data.batch_size=32"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "quickstart.json").read_text())
-    assert summary["pretrain"]["steps"] == 3
+    assert summary["pretrain"]["steps"] == 40
+    best = {}
     for side in ("pretrained", "random_init"):
         stages = summary[side]["stages"]
+        assert summary[side]["chance"] == pytest.approx(0.1)
         assert [s["name"] for s in stages] == ["8", "12"]
-        assert all(0.1 < s["linear_top1"] <= 1.0 for s in stages)  # above chance on 10 classes
+        assert all(0.5 < s["linear_top1"] <= 1.0 for s in stages), stages  # 5x chance: the probe works
+        best[side] = max(s["linear_top1"] for s in stages)
+    assert best["pretrained"] > best["random_init"], best  # pretraining helped
     assert "random init" in done.stdout and (out / "probe" / "report.json").is_file()
 
     exported = tmp_path / "backbone.pth"

@@ -186,15 +186,20 @@ def test_source_and_output_errors(tmp_path: Path, photo_folder: Path):
 
 # -- corrupt data --------------------------------------------------------------------
 
-def test_corrupt_sample_is_skipped_and_counted(tmp_path: Path):
+def test_corrupt_sample_is_counted_and_keeps_its_position(tmp_path: Path):
     members = [(f"s{i:03d}.png", _png_bytes(i)) for i in range(60)]
     members.insert(30, ("bad.png", b"garbage bytes, no image here"))
+    members.insert(0, ("bad0.png", b"more garbage at the very start"))
     _write_tar(tmp_path / "shard.tar", members)
     dataset = ShardDataset([str(tmp_path / "shard.tar")], max_corrupt_fraction=0.05)
     with pytest.warns(UserWarning, match=r"corrupt sample 'bad' in shard .*shard\.tar"):
         samples = list(dataset)
-    assert len(samples) == 60 and "bad" not in {s["key"] for s in samples}
-    assert (dataset.stats.seen, dataset.stats.corrupt) == (61, 1)
+    keys = [s["key"] for s in samples]
+    # One sample per position: the first corrupt one takes the next good image, a later
+    # one the previous good image, so 62 positions yield 62 samples, none of them corrupt.
+    assert keys == ["s000"] + [f"s{i:03d}" for i in range(30)] + ["s029"] + [f"s{i:03d}" for i in range(30, 60)]
+    assert all(np.array_equal(s["img"].numpy(), np.full((1, 4, 4), int(s["key"][1:]))) for s in samples)
+    assert (dataset.stats.seen, dataset.stats.corrupt) == (62, 2)
 
 
 def test_too_many_corrupt_samples_raise(tmp_path: Path):
@@ -347,7 +352,7 @@ def test_shards_command(image_folder_tree: Path, tmp_path: Path, capsys):
 
 @pytest.mark.parametrize("tar_format, mode", [(tarfile.PAX_FORMAT, "w"), (tarfile.GNU_FORMAT, "w:gz")])
 def test_tar_stream_matches_tarfile(tmp_path: Path, tar_format: int, mode: str):
-    from convssl.data.tar_stream import iter_tar_samples
+    from convssl.data.tar_stream import iter_shard
 
     names = ["a.png", "a.cls", "dir/b.seg.png", "long" * 40 + "/name" * 20 + ".jpg", "ü/ñ.png"]
     path = tmp_path / "shard.tar"
@@ -358,4 +363,5 @@ def test_tar_stream_matches_tarfile(tmp_path: Path, tar_format: int, mode: str):
             tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
     with tarfile.open(path) as tar:
         expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
-    assert [(f"{key}.{ext}", data) for key, members in iter_tar_samples(path) for ext, data in members.items()] == expected
+    got = [(f"{key}.{ext}", data) for key, members in iter_shard(str(path)) for ext, data in members.items()]
+    assert sorted(got) == sorted(expected)  # webdataset groups by key; order within a sample is free

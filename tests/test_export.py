@@ -32,7 +32,7 @@ def make_checkpoint(path, cfg: EncoderConfig, data: DataConfig):
         "config": {"encoder": to_dict(cfg), "data": to_dict(data), "task": {"name": "rotation"},
                    "optim": {"name": "sgd"}, "train": {"seed": 0}},
         "encoder": encoder.backbone_state_dict(),
-        "versions": {"torch": torch.__version__},
+        "versions": {"torch": str(torch.__version__)},
     }
     return checkpoint.save_atomic(ckpt, path), encoder
 
@@ -166,3 +166,91 @@ def test_safetensors(resnet18_ckpt, tmp_path):
     plain = torchvision.models.resnet18()
     plain.fc = torch.nn.Identity()
     plain.load_state_dict(st.load_file(tmp_path / "b.safetensors"), strict=True)
+
+
+# -- deployment files: ONNX and TorchScript ----------------------------------------------
+
+def stage_maps_of(model, names, x):
+    """The original model's outputs at the named modules (forward hooks), and their pooled last."""
+    got = {}
+    handles = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)) for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    maps = [got[n] for n in names]
+    return maps + [maps[-1].mean(dim=(2, 3))]
+
+
+def test_torchscript_equals_the_torchvision_model_on_several_batch_sizes(resnet18_ckpt, tmp_path, capsys):
+    path, _ = resnet18_ckpt
+    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "r18.ts"), "--format", "torchscript"]) == 0
+    assert "verified  max abs difference from torch" in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "r18.ts.json").read_text())
+    assert sidecar["format"] == "convssl-deploy/1" and sidecar["runtime"] == "torchscript"
+    assert sidecar["input"]["mean"] == [0.485, 0.456, 0.406] and sidecar["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert [o["name"] for o in sidecar["outputs"]] == ["stage0_layer1", "stage1_layer2", "stage2_layer3",
+                                                       "stage3_layer4", "pooled"]
+    assert all(d <= 1e-4 for d in sidecar["verified"]["max_abs_diff"].values())
+    plain = torchvision.models.resnet18()
+    plain.load_state_dict(torch.load(path, weights_only=False)["encoder"], strict=False)
+    plain.eval()
+    loaded = torch.jit.load(str(tmp_path / "r18.ts"))
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 3, 32, 32)
+        want = stage_maps_of(plain, ["layer1", "layer2", "layer3", "layer4"], x)
+        got = loaded(x)
+        assert [tuple(g.shape) for g in got] == [tuple(w.shape) for w in want]
+        assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-4
+
+
+def test_onnx_runs_in_onnxruntime_like_the_original_model(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    import custom_nets
+
+    cfg = EncoderConfig(spec="custom_nets:small_convnet", in_chans=1, input_size=16)
+    path, _ = make_checkpoint(tmp_path / "c.pt", cfg, DataConfig(size=16, channels=1, mean=(0.3,), std=(0.4,)))
+    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "net.onnx"), "--format", "onnx"]) == 0
+    sidecar = json.loads((tmp_path / "net.onnx.json").read_text())
+    assert sidecar["runtime"] == "onnx" and sidecar["input"]["mean"] == [0.3] and sidecar["input"]["std"] == [0.4]
+    assert all(d <= 1e-4 for d in sidecar["verified"]["max_abs_diff"].values())
+    graph_input = onnx.load(str(tmp_path / "net.onnx")).graph.input[0]
+    assert graph_input.name == "image" and graph_input.type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    plain = custom_nets.small_convnet(in_chans=1)
+    plain.load_state_dict(torch.load(path, weights_only=False)["encoder"], strict=False)
+    plain.eval()
+    stages = [o["stage"] for o in sidecar["outputs"] if "stage" in o]
+    session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 1, 16, 16)
+        want = stage_maps_of(plain, stages, x)
+        got = session.run(None, {"image": x.numpy()})
+        assert [g.shape for g in got] == [tuple(w.shape) for w in want]
+        assert max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want)) <= 1e-4
+
+
+def test_torchscript_of_an_encoder_that_needs_hooks(tmp_path):
+    from convssl.export import export_torchscript
+
+    import custom_nets
+
+    cfg = EncoderConfig(spec="custom_nets:TwoPath", in_chans=3, input_size=16)
+    path, encoder = make_checkpoint(tmp_path / "c.pt", cfg, DataConfig(size=16))
+    assert encoder.mode == "hooks"
+    sidecar = export_torchscript(path, tmp_path)
+    assert sidecar["paths"]["file"] == str(tmp_path / "backbone.torchscript.pt")
+    plain = custom_nets.TwoPath()
+    plain.load_state_dict(torch.load(path, weights_only=False)["encoder"], strict=False)
+    x = torch.randn(4, 3, 16, 16)
+    want = stage_maps_of(plain.eval(), encoder.stage_names, x)
+    got = torch.jit.load(sidecar["paths"]["file"])(x)
+    assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= 1e-4
+
+
+def test_safetensors_with_a_deployment_format_is_refused(resnet18_ckpt, tmp_path, capsys):
+    path, _ = resnet18_ckpt
+    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "x"), "--format", "onnx", "--safetensors"]) == 2
+    assert "--safetensors applies to weight exports" in capsys.readouterr().err

@@ -277,40 +277,36 @@ def test_replacing_layers_after_conversion_is_caught():
         enc(torch.randn(2, 1, 32, 32), random_patch_mask(2, (4, 4), 0.5))
 
 
-def _cross_rank_worker(rank, world, init_file, x, mask, result):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    enc = SparseEncoder(Encoder(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1)), input_size=16)).train()
-    part = slice(rank * 2, rank * 2 + 2)
-    out = enc(x[part], mask[part])[0]
-    out.pow(2).sum().backward()
-    result[rank] = (out.detach(), enc.model[1].running_mean.clone(), enc.model[0].weight.grad.clone())
-    dist.destroy_process_group()
-
-
-@pytest.mark.slow
 def test_cross_rank_sparse_bn_equals_one_process(tmp_path):
     """2 gloo ranks x batch 2 == 1 process x batch 4 (statistics over all visible positions)."""
-    import torch.multiprocessing as mp
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tests" / "dist_scripts" / "sparse_bn_ranks.py"
+    sys.path.insert(0, str(script.parent))
+    from sparse_bn_ranks import encoder  # noqa: E402
 
     x = torch.randn(4, 3, 16, 16)
     mask = random_patch_mask(4, (4, 4), 0.5)
-    result = mp.Manager().dict()
-    mp.spawn(_cross_rank_worker, args=(2, str(tmp_path / "init"), x, mask, result), nprocs=2)
-    torch.manual_seed(0)
-    enc = SparseEncoder(Encoder(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1)), input_size=16)).train()
+    torch.save({"x": x, "mask": mask}, tmp_path / "inputs.pt")
+    env = {**os.environ, "PYTHONPATH": str(root / "ssl"), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(tmp_path / "init"),
+                               str(tmp_path / "inputs.pt"), str(tmp_path / f"rank{r}.pt")], env=env,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for proc in ranks:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    result = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    enc = encoder()
     out = enc(x, mask)[0]
     out.pow(2).sum().backward()
-    torch.testing.assert_close(torch.cat([result[0][0], result[1][0]]), out.detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result[0][1], enc.model[1].running_mean)
+    torch.testing.assert_close(torch.cat([result[0]["out"], result[1]["out"]]), out.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result[0]["running_mean"], enc.model[1].running_mean)
     # per-rank gradients summed (what DDP's average does, times world size) == one-process gradient
-    torch.testing.assert_close(result[0][2] + result[1][2], enc.model[0].weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result[0]["grad"] + result[1]["grad"], enc.model[0].weight.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_channels_first_layernorm2d_like_timms():

@@ -1,5 +1,7 @@
 """The trainer: DDP equals one process, resume equals an uninterrupted run, bad input fails clearly."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -27,13 +29,22 @@ def final_task_weights(run: Path) -> dict:
     return ckpt_io.load(ckpt_io.latest(run / "checkpoints"))["task"]
 
 
+def _free_port() -> int:
+    """A port nobody listens on now (a fixed one collides with parallel test runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_torchrun_ranks_equal_one_process(tmp_path):
     steps, batch = 3, 16
     single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), str(steps), str(batch)],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", "29531", str(SCRIPT), str(tmp_path / "two"), str(steps), str(batch)]
+                "--master-port", str(_free_port()), str(SCRIPT), str(tmp_path / "two"), str(steps), str(batch)]
     ddp = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = final_task_weights(tmp_path / "one"), final_task_weights(tmp_path / "two")
@@ -45,6 +56,22 @@ def test_two_torchrun_ranks_equal_one_process(tmp_path):
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
     lines = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == steps and all("loss" in l for l in lines)
+
+
+    # A 2-rank checkpoint resumed by 1 process continues (one more step, on the real shards)
+    # and says exactly what differs from a 2-process continuation.
+    sys.path.insert(0, str(ROOT / "tests" / "dist_scripts"))
+    from train_fixed_batches import recipe  # noqa: E402
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        summary = pretrain(recipe(steps + 1, batch), UNLABELED, tmp_path / "two", resume=True, progress=False)
+    assert summary["steps"] == steps + 1
+    warning = err.getvalue()
+    assert "written by 2 process(es) with 1: weights, optimizer, schedule and step 3 continue exactly" in warning
+    assert f"data position in samples ({steps * batch} read" in warning and "re-seeded per rank" in warning
+    ck = ckpt_io.load(tmp_path / "two")
+    assert ck["data"]["world_size"] == 1 and isinstance(ck["rng"], dict)
 
 
 def recipe_weights_at_init() -> dict:
@@ -112,24 +139,50 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
         pretrain(recipe, UNLABELED, tmp_path / "nan", progress=False)
 
 
-def test_sigterm_saves_checkpoint_and_resumes(tmp_path):
+def test_sigterm_at_a_random_moment_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """SIGTERM lands anywhere in a step (then three impatient Ctrl-Cs while it saves): the
+    stop waits for the step boundary, so weights, BN statistics and optimizer state after
+    the resume equal the uninterrupted run's bit for bit."""
+    import random
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "convssl", "pretrain", "--recipe", str(ROOT / "recipes" / "rotation_resnet18_small.yaml"),
+                "--data", UNLABELED, "--out", str(out), "--max-steps", "40", "--quiet", "--device", "cpu",
+                "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
+                "--set", "data.size=16", "--set", "data.batch_size=8", "--set", "train.ckpt_every=0",
+                "--set", "train.log_every=1", "--set", "train.channels_last=false", *extra]
+
+    straight = subprocess.run(cmd(tmp_path / "straight"), env=ENV, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "convssl", "pretrain", "--recipe", str(ROOT / "recipes" / "rotation_resnet18_small.yaml"),
-           "--data", UNLABELED, "--out", str(run), "--max-steps", "100000", "--quiet",
-           "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
-           "--set", "data.batch_size=8", "--set", "train.ckpt_every=0"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd(run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.time() < deadline
-        time.sleep(0.5)
+        time.sleep(0.02)
+    delay = random.uniform(0, 0.2)
+    time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
+    for _ in range(3):
+        time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
-    step = ckpt_io.load(run)["step"]
-    assert step >= 10
+    assert proc.returncode == 2, (delay, err[-2000:])
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err, err[-2000:]
+    stopped = ckpt_io.load(run)["step"]
+    assert 1 <= stopped < 40, stopped
+    resumed = subprocess.run(cmd(run, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = ckpt_io.load(tmp_path / "straight"), ckpt_io.load(run)
+    assert a["step"] == b["step"] == 40
+    assert a["task"].keys() == b["task"].keys()
+    for k, v in a["task"].items():
+        assert torch.equal(v, b["task"][k]), (k, stopped, delay)  # running_mean/var and num_batches_tracked too
+    for i, state in a["optimizer"]["state"].items():
+        for name, v in state.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][name]), (i, name)
 
 
 def test_unknown_recipe_key_fails_before_training(tmp_path):

@@ -19,6 +19,8 @@ COMMANDS = {
     "info": "show an encoder's stages, channels, reductions and parameter count",
     "quickstart": "pretrain on the embedded sample, probe, and compare with random init",
     "bench": "measure speed: loader throughput (data) or a training step (step)",
+    "finetune": "fine-tune a pretrained encoder with a fresh head on a (few-)label subset, vs random init",
+    "embed": "draw a 2-D map (UMAP, t-SNE or PCA) of an encoder's features coloured by label",
 }
 
 
@@ -53,6 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convssl {args._name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _kill_leftover_workers()
+
+
+def _kill_leftover_workers() -> None:
+    """Last resort against a hang at exit: loader workers ignore SIGTERM, which is what
+    multiprocessing's exit handler sends daemonic children before waiting for them. Every
+    command stops its workers itself (``convssl.workers``); any still alive here are
+    leftovers of an error path, and a user's job must end, not wait for them forever."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """Typed configuration: frozen dataclasses per component, YAML as their serialisation.
 
-``from_dict`` rejects unknown keys and wrong types before anything runs, naming the key
-path and the expected type; ``apply_overrides`` applies ``--set a.b=value`` (the value
-parsed as YAML, so ``0.1``, ``true``, ``[0.2, 1.0]`` work).
+``from_dict`` rejects unknown keys (with a did-you-mean) and wrong types before anything
+runs, naming the key path and the expected type; ``apply_overrides`` applies
+``--set a.b=value`` (the value parsed as YAML, so ``0.1``, ``true``, ``[0.2, 1.0]`` work).
+Numbers are read as people write them: YAML 1.1 reads ``1e-4`` (no dot) as a string,
+so number fields also take such strings, and ``--set`` turns them into numbers.
+``at_least`` and ``between`` are the range checks the sections' ``__post_init__`` use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +20,9 @@ from pathlib import Path
 import yaml
 
 from convssl.errors import ConfigError
+
+# A decimal number as people write it: 3, -2.5, .5, 1e-4, 1E+3 (YAML 1.1 needs "1.0e-4").
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def from_dict(cls, data, path: str = ""):
@@ -27,7 +35,8 @@ def from_dict(cls, data, path: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(_join(path, k) for k in unknown)}; "
+            f"unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(_join(path, k) + did_you_mean(k, fields, path) for k in unknown)}; "
             f"valid keys{' under ' + path if path else ''}: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
@@ -35,7 +44,10 @@ def from_dict(cls, data, path: str = ""):
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+        message = str(exc)
+        if path and re.split(r"[ \[(]", message, maxsplit=1)[0] in fields:  # names a field: give its key path
+            raise ConfigError(_join(path, message)) from exc
+        raise ConfigError(f"{path or cls.__name__}: {message}") from exc
 
 
 def to_dict(obj) -> dict:
@@ -49,6 +61,34 @@ def to_dict(obj) -> dict:
             return {k: plain(x) for k, x in v.items()}
         return v
     return plain(obj)
+
+
+def did_you_mean(word: str, choices, path: str = "") -> str:
+    """`` (did you mean PATH.X?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {_join(path, close[0])}?)" if close else ""
+
+
+def at_least(name: str, value, low, *, strict: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value >= low`` (``> low`` when ``strict``); NaN fails too."""
+    ok = value > low if strict else value >= low
+    if not ok:
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+
+
+def between(name: str, value, low, high, *, high_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``low <= value <= high`` (``< high`` when ``high_open``)."""
+    ok = low <= value < high if high_open else low <= value <= high
+    if not ok:
+        raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
+
+
+def parse_number(value):
+    """``value`` as an int or float when it is a string spelling a number, else unchanged."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and not re.search(r"[.eE]", value) else number
+    return value
 
 
 def _join(path: str, key: str) -> str:
@@ -89,6 +129,8 @@ def _coerce(tp, value, path: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
+    if tp in (float, int):
+        value = parse_number(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
@@ -135,7 +177,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optim.lr_per_256=0.1")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = parse_number(yaml.safe_load(raw)) if raw else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: cannot parse value: {exc}") from exc
         node = data

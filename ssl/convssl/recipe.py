@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convssl.config import apply_overrides, from_dict, load_yaml, set_keys, to_dict
+from convssl.config import apply_overrides, did_you_mean, from_dict, load_yaml, set_keys, to_dict
 from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig
 from convssl.errors import ConfigError
@@ -50,6 +50,7 @@ def recipe_from_dict(raw: dict) -> Recipe:
             f"({recipe.data.channels}); make them equal"
         )
     check_task_section(recipe.task)
+    check_batch(recipe, world_size=1)
     return recipe
 
 
@@ -61,6 +62,20 @@ def check_task_section(section: dict) -> None:
     from_dict(task_class(name).Config, section, path="task")
 
 
+def check_batch(recipe: Recipe, world_size: int) -> None:
+    """The global batch against the world size and the task's needs (a contrastive task's
+    negatives), before anything is built. The trainer calls it again with its world size."""
+    g = recipe.data.batch_size
+    if g < world_size:
+        raise ConfigError(f"data.batch_size {g} is the global batch, smaller than the {world_size} processes: "
+                          f"each needs at least one sample; use a multiple of {world_size}")
+    section = dict(recipe.task)
+    cls = task_class(section.pop("name"))
+    check = getattr(cls, "check_batch", None)  # optional: tasks with batch-size needs
+    if check is not None:
+        check(from_dict(cls.Config, section, path="task"), g, world_size)
+
+
 def load_recipe(path: str | Path, overrides: Mapping | list[str] | tuple[str, ...] = ()) -> Recipe:
     """The recipe at ``path`` with ``overrides``: ``key=value`` strings (``--set``, values
     parsed as YAML) or a mapping of dotted keys to values (``{"optim.lr_per_256": 0.1}``)."""
@@ -68,6 +83,7 @@ def load_recipe(path: str | Path, overrides: Mapping | list[str] | tuple[str, ..
     raw = set_keys(raw, overrides) if isinstance(overrides, Mapping) else apply_overrides(raw, overrides)
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown recipe section(s) {unknown}; sections are {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown recipe section(s) {', '.join(k + did_you_mean(k, SECTIONS) for k in unknown)}; "
+                          f"sections are {', '.join(SECTIONS)}")
     return recipe_from_dict(raw)
 

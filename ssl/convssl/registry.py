@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from convssl.config import from_dict
+from convssl.config import did_you_mean, from_dict
 from convssl.errors import ConfigError
 from convssl.tasks import check_task
 
@@ -22,7 +22,8 @@ TASKS: dict[str, str] = {
 
 def task_class(name: str) -> type:
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; available tasks: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"unknown task {name!r}{did_you_mean(name, TASKS)}; "
+                          f"available tasks: {', '.join(sorted(TASKS))}")
     module_path, attr = TASKS[name].split(":")
     cls = getattr(importlib.import_module(module_path), attr)
     check_task(cls, name)

@@ -1,10 +1,13 @@
 """``convssl export``: a checkpoint's backbone in the original model's key space.
 
     convssl export --ckpt RUN_OR_CKPT --out backbone.pth [--format torchvision|timm|state_dict] [--safetensors]
+    convssl export --ckpt RUN_OR_CKPT --out backbone.onnx --format onnx|torchscript
 
 Writes the weights and ``OUT.json`` (encoder, stages, input size and normalisation, the
 recipe), after checking that they load into the original architecture with
 ``strict=True`` on every backbone key. Exits 1, listing the keys, when they do not.
+``onnx`` and ``torchscript`` write a deployment file (stage maps and pooled features of a
+normalised batch, dynamic batch size) whose outputs are checked against torch's.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ import sys
 
 
 def add_arguments(parser) -> None:
-    from convssl.export import FORMATS
+    from convssl.export import DEPLOY_FORMATS, FORMATS
 
     parser.add_argument("--ckpt", required=True, help="checkpoint file, or a run directory (its latest checkpoint)")
-    parser.add_argument("--out", required=True, help="weights file to write (a folder: backbone.pth in it)")
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
+    parser.add_argument("--out", required=True, help="file to write (a folder: backbone.pth / .onnx / .torchscript.pt in it)")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS + DEPLOY_FORMATS, default=None,
                         help="key space promised: torchvision or timm (needs such an encoder) or state_dict "
-                             "(any encoder); default: the encoder's source")
+                             "(any encoder); default: the encoder's source. Or a deployment file: onnx "
+                             "(needs convssl[onnx]) or torchscript")
     parser.add_argument("--safetensors", action="store_true", help="write .safetensors (needs the safetensors package)")
 
 
 def run(args) -> int:
-    from convssl.export import ExportError, export_backbone
+    from convssl.export import DEPLOY_FORMATS, ExportError, export_backbone
 
+    if args.fmt in DEPLOY_FORMATS:
+        return _deploy(args)
     try:
         sidecar = export_backbone(args.ckpt, args.out, fmt=args.fmt, safetensors=args.safetensors)
     except ExportError as exc:
@@ -51,3 +57,21 @@ def run(args) -> int:
           f"mean {sidecar['input']['mean']}, std {sidecar['input']['std']}")
     return 0
 
+
+
+def _deploy(args) -> int:
+    from convssl.errors import ConfigError
+    from convssl.export import export_onnx, export_torchscript
+
+    if args.safetensors:
+        raise ConfigError(f"--safetensors applies to weight exports, not --format {args.fmt}")
+    sidecar = (export_onnx if args.fmt == "onnx" else export_torchscript)(args.ckpt, args.out)
+    diffs = ", ".join(f"batch {b}: {d:.2g}" for b, d in sidecar["verified"]["max_abs_diff"].items())
+    shape = " x ".join(str(v) for v in sidecar["inputs"][0]["shape"])
+    print(f"{args.fmt:<9} {sidecar['paths']['file']}" + (f" (opset {sidecar['opset']})" if sidecar.get("opset") else ""))
+    print(f"sidecar   {sidecar['paths']['sidecar']}")
+    print(f"input     image: {shape} float32, normalised with mean {sidecar['input']['mean']}, "
+          f"std {sidecar['input']['std']}")
+    print(f"outputs   {', '.join(o['name'] for o in sidecar['outputs'])}")
+    print(f"verified  max abs difference from torch: {diffs}")
+    return 0

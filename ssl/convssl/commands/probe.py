@@ -45,7 +45,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from convssl.eval.probe import probe
     from convssl.eval.report import format_table
+    from convssl.writable import ensure_writable_dir
 
+    ensure_writable_dir(args.out, "--out")  # before the encoder is built or a worker starts
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.ckpt:
         encoder, info = _from_checkpoint(args)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 from convssl.data.sources import open_source
 from convssl.data.writer import write_shards
+
+_LISTED = 10  # skipped files named on the terminal; the manifest lists all
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,16 +49,22 @@ def run(args: argparse.Namespace) -> int:
     """Write the shards and print a one-paragraph summary; returns the exit status."""
     started = time.perf_counter()
     source = open_source(args.src, labeled=args.labeled)
-    manifest = write_shards(
-        source, args.out,
-        maxcount=args.maxcount, maxsize=args.maxsize, resize=args.resize, reencode=args.reencode,
-        workers=args.workers, labeled=False if args.unlabeled else None,
-        start=args.start, stop=args.stop, overwrite=args.overwrite,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="skipped .* unreadable files")  # printed below
+        manifest = write_shards(
+            source, args.out,
+            maxcount=args.maxcount, maxsize=args.maxsize, resize=args.resize, reencode=args.reencode,
+            workers=args.workers, labeled=False if args.unlabeled else None,
+            start=args.start, stop=args.stop, overwrite=args.overwrite,
+        )
     seconds = time.perf_counter() - started
     classes = f"{len(manifest.classes)} classes" if manifest.labeled else "unlabeled"
     print(f"wrote {len(manifest.shards)} shards, {manifest.count} samples ({classes}), "
           f"{manifest.bytes / 2**20:.1f} MiB to {args.out} in {seconds:.1f} s")
     if manifest.skipped:
-        print(f"skipped {manifest.skipped} unreadable files")
+        print(f"skipped {manifest.skipped} unreadable files (listed with reasons in manifest.json):")
+        for skipped in manifest.skipped_files[:_LISTED]:
+            print(f"  {skipped.file}: {skipped.reason}")
+        if manifest.skipped > _LISTED:
+            print(f"  ... and {manifest.skipped - _LISTED} more")
     return 0

@@ -3,6 +3,8 @@
 Modules (imported on use, so ``import convssl.data`` pulls in nothing heavy):
 ``idx`` (MNIST-style IDX files), ``sources`` (folders, ImageFolder trees, IDX
 datasets), ``manifest`` (``manifest.json`` beside the shards), ``writer``
-(``write_shards``), ``urls`` (``resolve_shards``), ``reader`` (``ShardDataset``,
-``make_loader``), ``crops`` (random resized / center crops), ``normalize``.
+(``write_shards``, on webdataset's ``ShardWriter``), ``urls`` (``resolve_shards``:
+local, ``pipe:``, http(s), object-store specs), ``tar_stream`` (one shard URL ->
+samples, through webdataset), ``reader`` (``ShardDataset``, ``make_loader``),
+``crops`` (random resized / center crops), ``normalize``.
 """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from convssl.config import at_least, between
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
@@ -42,3 +44,12 @@ class DataConfig:
             )
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        at_least("size", self.size, 1)
+        at_least("batch_size (the global batch)", self.batch_size, 1)
+        at_least("workers (0 = load in the main process)", self.workers, 0)
+        at_least("shuffle_buffer (0 = no shuffling)", self.shuffle_buffer, 0)
+        between("max_corrupt_fraction", self.max_corrupt_fraction, 0, 1)
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        for i, s in enumerate(self.std):
+            at_least(f"std[{i}]", s, 0, strict=True)

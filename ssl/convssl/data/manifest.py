@@ -7,10 +7,10 @@ fully written before the manifest was renamed into place.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from convssl.atomic import write_atomic
 from convssl.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -24,6 +24,14 @@ class ShardInfo:
     name: str
     count: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A source file the writer left out, and why (the decoder's message)."""
+
+    file: str
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +49,7 @@ class Manifest:
     channels: int | None = None
     source: str = ""
     skipped: int = 0  # unreadable source files left out
+    skipped_files: tuple[SkippedFile, ...] = ()  # which ones, and why
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -61,14 +70,7 @@ class Manifest:
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/manifest.json`` atomically (temp file, fsync, rename)."""
-        path = Path(folder) / MANIFEST_NAME
-        temp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-        with open(temp, "w") as f:
-            f.write(self.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        return path
+        return write_atomic(Path(folder) / MANIFEST_NAME, self.to_json())
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -77,8 +79,18 @@ def read_manifest(path: str | Path) -> Manifest:
     if path.is_dir():
         path = path / MANIFEST_NAME
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        text = path.read_text()
+    except OSError as err:
+        raise DataError(f"cannot read shard manifest {path}: {err}; rebuild it with `convssl shards`") from err
+    return parse_manifest(text, str(path))
+
+
+def parse_manifest(text: str, where: str) -> Manifest:
+    """The manifest in JSON ``text`` read from ``where`` (a path or URL, for messages)."""
+    path = where
+    try:
+        record = json.loads(text)
+    except ValueError as err:
         raise DataError(f"cannot read shard manifest {path}: {err}; rebuild it with `convssl shards`") from err
     if not isinstance(record, dict) or record.get("format") != "convssl-shards":
         raise DataError(f"{path} is not a convssl shard manifest; rebuild the shards with `convssl shards`")
@@ -93,6 +105,7 @@ def read_manifest(path: str | Path) -> Manifest:
             channels=record.get("channels"),
             source=record.get("source", ""),
             skipped=int(record.get("skipped", 0)),
+            skipped_files=tuple(SkippedFile(**item) for item in record.get("skipped_files", ())),
             format_version=int(record.get("format_version", FORMAT_VERSION)),
             extra=dict(record.get("extra", {})),
         )

@@ -1,8 +1,15 @@
 """Image sources for shard writing: a folder, an ImageFolder tree, or an IDX dataset.
 
 A source is an indexable list of samples: ``len(source)`` and ``source.sample(i)``
-(``None`` when item ``i`` cannot be read as an image), so parallel writers can each
-take a slice. Every source lists its items in a sorted, deterministic order.
+(raising ``UnreadableFile`` when item ``i`` is not an image PIL can fully decode), so
+parallel writers can each take a slice. Every source lists its items in a sorted,
+deterministic order.
+
+Each file is decoded completely before it is admitted (``Image.load``), not only its
+header: a truncated JPEG opens fine and fails only when its pixels are read, and a
+decompression bomb (an image declaring more than PIL's ``MAX_IMAGE_PIXELS`` limit, 2x
+for an error) is refused at open. Either would otherwise reach the shards and fail the
+reader much later.
 
 Source specs (``open_source``): a folder path, or ``fashion-mnist:train|test``,
 ``mnist:train|test``.
@@ -15,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from convssl.data.idx import IDX_DATASETS, load_idx_dataset
 from convssl.errors import DataError
@@ -35,6 +42,17 @@ class Sample:
     ext: str  # shard member extension: "png", "jpg", ...
     label: int | None  # class index, None for unlabeled sources
     mode: str  # PIL mode of the encoded image: "L", "RGB", ...
+
+
+class UnreadableFile(Exception):
+    """Source item ``file`` cannot be stored as an image: ``reason`` says why."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+    def __reduce__(self):  # picklable across writer processes
+        return type(self), (self.file, self.reason)
 
 
 class FolderSource:
@@ -57,15 +75,19 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def sample(self, index: int) -> Sample | None:
-        """Sample ``index``, or None when its file is not an image PIL can open."""
+    def sample(self, index: int) -> Sample:
+        """Sample ``index``; raises ``UnreadableFile`` unless its file decodes completely."""
         path = self.paths[index]
         try:
             data = path.read_bytes()
             with Image.open(io.BytesIO(data)) as img:
                 image_format, mode = img.format, img.mode
-        except (OSError, UnidentifiedImageError, ValueError):
-            return None
+                if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{img.width}x{img.height} pixels, more than PIL's limit of {Image.MAX_IMAGE_PIXELS}")
+                img.load()
+        except Exception as err:  # noqa: BLE001 - PIL's plugins raise many types on bad files
+            raise UnreadableFile(path.relative_to(self.root).as_posix(), f"{type(err).__name__}: {err}") from None
         ext = _FORMAT_EXT.get(image_format or "", (image_format or path.suffix[1:]).lower())
         return Sample(self.keys[index], data, ext, self.labels[index], mode)
 

@@ -1,9 +1,19 @@
-"""Turn a shard spec into a list of shard paths (and the manifest, when there is one).
+"""Turn a shard spec into a list of shard URLs (and the manifest, when there is one).
 
-Accepted specs: a shard folder (its ``manifest.json`` when present, else its
-``*.tar`` files in sorted order), a ``manifest.json`` path, or a brace pattern such
-as ``out/shard-{000000..000009}.tar`` (``braceexpand`` syntax). Several specs can be
-joined with ``::``.
+Accepted specs:
+
+- a local shard folder (its ``manifest.json`` when present, else its ``*.tar`` files in
+  sorted order), or a local ``manifest.json`` path;
+- a brace pattern such as ``out/shard-{000000..000009}.tar`` (``braceexpand`` syntax),
+  local or with a scheme: ``https://host/shards/shard-{000000..000099}.tar``,
+  ``pipe:aws s3 cp s3://bucket/shard-{000000..000099}.tar -``, ``gs://...``;
+- a remote manifest, any URL ending in ``manifest.json`` (or ``.json``), e.g.
+  ``https://host/shards/manifest.json`` or
+  ``pipe:aws s3 cp s3://bucket/shards/manifest.json -``: it is read once, and each
+  shard's URL is the manifest's URL with its file name replaced by the shard's.
+
+Several specs can be joined with ``::``. Local shards are checked to exist here; remote
+ones are not (a missing one fails when read, after the reader's retries).
 """
 
 from __future__ import annotations
@@ -12,17 +22,20 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from convssl.data.manifest import MANIFEST_NAME, Manifest, read_manifest
+from convssl.data.manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest
+from convssl.data.tar_stream import SHARD_ERRORS, is_local, local_path, open_shard
 from convssl.errors import DataError
 
 
 def resolve_shards(spec: str | Path) -> tuple[list[str], Manifest | None]:
-    """Shard paths named by ``spec``, and its manifest (None for patterns and bare folders)."""
+    """Shard URLs named by ``spec``, and its manifest (None for patterns, bare folders and joins)."""
     parts = str(spec).split("::")
     if len(parts) > 1:
         urls = [url for part in parts for url in resolve_shards(part)[0]]
         return urls, None
-    path = Path(spec).expanduser()
+    if not is_local(str(spec)):
+        return _remote(str(spec))
+    path = Path(local_path(str(spec))).expanduser()
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return _from_manifest(path / MANIFEST_NAME)
@@ -53,3 +66,25 @@ def _from_manifest(path: Path) -> tuple[list[str], Manifest]:
     if missing := [url for url in urls if not Path(url).is_file()]:
         raise DataError(f"{path} lists shards that are missing, e.g. {missing[0]}; rebuild with `convssl shards`")
     return urls, manifest
+
+
+def _remote(spec: str) -> tuple[list[str], Manifest | None]:
+    name = _manifest_name(spec)
+    if name is None:
+        return list(braceexpand(spec)), None
+    try:
+        with open_shard(spec) as stream:
+            text = stream.read().decode("utf-8")
+    except (*SHARD_ERRORS, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read the shard manifest {spec}: {err}") from err
+    manifest = parse_manifest(text, spec)
+    head, _, tail = spec.rpartition(name)
+    return [f"{head}{shard.name}{tail}" for shard in manifest.shards], manifest
+
+
+def _manifest_name(spec: str) -> str | None:
+    """The manifest file name a remote spec ends with (before a pipe command's arguments)."""
+    for word in reversed(spec.replace("/", " ").split()):
+        if word.endswith(".json"):
+            return word
+    return None

@@ -2,7 +2,13 @@
 
 Each sample is a group of tar members sharing a key: ``<key>.<ext>`` holds the image
 (original bytes unless resizing or re-encoding is asked for) and ``<key>.cls`` the
-class index as ASCII digits when labeled.
+class index as ASCII digits when labeled. The tars are written by webdataset's
+``ShardWriter`` (PAX format, fixed owner and mtime 0, so identical inputs give
+identical shards); a shard is closed once it holds ``maxcount`` samples or its image
+bytes reach ``maxsize``.
+
+Every file is decoded completely before it is stored (``sources``); one that fails is
+left out, and the manifest lists it with the decoder's reason (``skipped_files``).
 
 Parallel writers each take a contiguous slice of the source and write their shards
 under temporary names; the shards are then renamed, in slice order, into one
@@ -19,21 +25,21 @@ import io
 import multiprocessing
 import os
 import shutil
-import tarfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from webdataset import ShardWriter
 
-from convssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
-from convssl.data.sources import Sample, Source
+from convssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, SkippedFile, read_manifest
+from convssl.data.sources import Sample, Source, UnreadableFile
 from convssl.errors import DataError
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 _TEMP_PREFIX = ".convssl-tmp-"
-_TAR_BLOCK = 512
 _REENCODE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 _JPEG_QUALITY = 95  # high enough that re-encoding adds no visible artefacts
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3, "YCbCr": 3, "CMYK": 3, "LA": 2, "RGBA": 4}
@@ -58,7 +64,7 @@ class _SliceJob:
 @dataclass(frozen=True)
 class _SliceResult:
     shards: tuple[ShardInfo, ...]  # names are temp file names inside temp_dir
-    skipped: int
+    skipped: tuple[SkippedFile, ...]
     modes: frozenset[str]
 
 
@@ -84,7 +90,8 @@ def write_shards(
         out_dir: created if missing. An earlier convssl output there is replaced; any
             other non-empty folder is refused unless ``overwrite``.
         maxcount: most samples per shard.
-        maxsize: most bytes per shard (a single larger sample still gets a shard).
+        maxsize: a shard is closed once its image bytes reach this (so it may exceed it by
+            one sample and the tar headers).
         resize: shrink images whose shorter side is longer than this to exactly this
             shorter side (never enlarges); implies re-encoding those images.
         reencode: "png" | "jpg" | "webp" to re-encode every image; None keeps the
@@ -120,13 +127,19 @@ def write_shards(
             results = [_write_slice(jobs[0])]
         else:
             context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
-                results = list(pool.map(_write_slice, jobs))
+            try:
+                with ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
+                    results = list(pool.map(_write_slice, jobs))
+            except BrokenProcessPool:
+                raise DataError("a shard writer process died (out of memory?); retry with fewer --workers") from None
         manifest = _publish(out_dir, temp_dir, results, source, labeled, classes)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
     if manifest.skipped:
-        warnings.warn(f"skipped {manifest.skipped} unreadable files in {source.description}", stacklevel=2)
+        names = [f.file for f in manifest.skipped_files]
+        warnings.warn(f"skipped {manifest.skipped} unreadable files in {source.description} "
+                      f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; "
+                      f"all listed in {MANIFEST_NAME})", stacklevel=2)
     return manifest
 
 
@@ -165,53 +178,65 @@ def _is_convssl_output(path: Path) -> bool:
 
 
 def _write_slice(job: _SliceJob) -> _SliceResult:
-    """Write one slice of samples into numbered temp shards; runs in a writer process."""
-    shards, modes, skipped = [], set(), 0
-    tar, shard_path, count, size = None, None, 0, 0
+    """Write one slice of samples into numbered temp shards; runs in a writer process.
 
-    def close_shard() -> None:
-        tar.close()
-        with open(shard_path, "rb+") as f:
+    Any failure becomes one ``DataError`` line naming the writer and its samples (a
+    writer process's traceback would otherwise reach the user).
+    """
+    try:
+        return _write_slice_unguarded(job)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - reported as one line, with its type
+        raise DataError(f"shard writer {job.writer_id} (samples {job.start}-{job.stop - 1} of "
+                        f"{job.source.description}) failed: {type(err).__name__}: {err}") from None
+
+
+def _write_slice_unguarded(job: _SliceJob) -> _SliceResult:
+    shards, modes, skipped = [], set(), []
+    counts: dict[str, int] = {}
+
+    def finished(fname: str) -> None:
+        path = Path(fname)
+        if not counts.get(fname):  # ShardWriter opens a shard before its first sample
+            path.unlink()
+            return
+        with open(path, "rb+") as f:
             os.fsync(f.fileno())
-        shards.append(ShardInfo(shard_path.name, count, shard_path.stat().st_size))
+        shards.append(ShardInfo(path.name, counts[fname], path.stat().st_size))
 
-    for index in range(job.start, job.stop):
-        sample = job.source.sample(index)
-        if sample is None:
-            skipped += 1
-            continue
-        sample = _transcode(sample, job.resize, job.reencode)
-        members = [(f"{sample.key}.{sample.ext}", sample.data)]
-        if job.labeled:
-            members.append((f"{sample.key}.cls", str(sample.label).encode("ascii")))
-        sample_size = sum(_TAR_BLOCK + -(-len(data) // _TAR_BLOCK) * _TAR_BLOCK for _, data in members)
-        if tar is not None and (count >= job.maxcount or size + sample_size > job.maxsize):
-            close_shard()
-            tar = None
-        if tar is None:
-            shard_path = job.temp_dir / f"w{job.writer_id:04d}-{len(shards):06d}.tar"
-            tar, count, size = tarfile.open(shard_path, "w", format=tarfile.PAX_FORMAT), 0, 0
-        for name, data in members:
-            tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-        count, size = count + 1, size + sample_size
-        modes.add(sample.mode)
-    if tar is not None:
-        close_shard()
-    return _SliceResult(tuple(shards), skipped, frozenset(modes))
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    """A read-only regular file entry with fixed owner and time: identical inputs give identical shards."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o444, 0
-    info.uname = info.gname = "convssl"
-    return info
+    pattern = str(job.temp_dir / f"w{job.writer_id:04d}-%06d.tar")
+    with ShardWriter(pattern, maxcount=job.maxcount, maxsize=job.maxsize, post=finished, verbose=0,
+                     encoder=False, user="convssl", group="convssl", mtime=0, format="PAX_FORMAT") as sink:
+        for index in range(job.start, job.stop):
+            try:
+                sample = _transcode(job.source.sample(index), job.resize, job.reencode)
+            except UnreadableFile as err:
+                skipped.append(SkippedFile(err.file, err.reason))
+                continue
+            except Exception as err:  # noqa: BLE001 - not a bad image: report it, as one line
+                raise DataError(f"shard writer {job.writer_id} failed on item {index} of {job.source.description}: "
+                                f"{type(err).__name__}: {err}") from None
+            record = {"__key__": sample.key, sample.ext: sample.data}
+            if job.labeled:
+                record["cls"] = str(sample.label).encode("ascii")
+            sink.write(record)
+            counts[sink.fname] = counts.get(sink.fname, 0) + 1
+            modes.add(sample.mode)
+    return _SliceResult(tuple(shards), tuple(skipped), frozenset(modes))
 
 
 def _transcode(sample: Sample, resize: int | None, reencode: str | None) -> Sample:
     """Resize (shorter side, shrink only) and/or re-encode; else the sample unchanged."""
     if resize is None and reencode is None:
         return sample
+    try:
+        return _transcoded(sample, resize, reencode)
+    except Exception as err:  # noqa: BLE001 - PIL's plugins raise many types
+        raise UnreadableFile(sample.key, f"cannot re-encode: {type(err).__name__}: {err}") from None
+
+
+def _transcoded(sample: Sample, resize: int | None, reencode: str | None) -> Sample:
     with Image.open(io.BytesIO(sample.data)) as img:
         img.load()
         needs_resize = resize is not None and min(img.size) > resize
@@ -259,7 +284,8 @@ def _publish(
         modes=tuple(modes),
         channels=channel_counts.pop() if len(channel_counts) == 1 else None,
         source=source.description,
-        skipped=sum(result.skipped for result in results),
+        skipped=sum(len(result.skipped) for result in results),
+        skipped_files=tuple(file for result in results for file in result.skipped),
     )
     manifest.write(out_dir)
     return manifest

@@ -53,7 +53,11 @@ def _torchvision_model(name: str, **kwargs) -> nn.Module:
             + (f"; similar names: {', '.join(close)}" if close else "")
             + ". List them with: python -c \"import torchvision; print(torchvision.models.list_models())\""
         )
-    return tvm.get_model(name, weights=None, **kwargs)
+    try:
+        return tvm.get_model(name, weights=None, **kwargs)
+    except (TypeError, ValueError) as exc:  # a wrong encoder.kwargs key or value
+        raise EncoderError(f"encoder 'torchvision:{name}' with kwargs {kwargs}: "
+                           f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def _timm_model(name: str, in_chans: int, **kwargs) -> nn.Module:
@@ -69,13 +73,17 @@ def _timm_model(name: str, in_chans: int, **kwargs) -> nn.Module:
 
 
 def _user_model(module_path: str, attr: str, in_chans: int, **kwargs) -> tuple[nn.Module, bool]:
+    spec = f"{module_path}:{attr}"
     try:
         module = importlib.import_module(module_path)
     except ImportError as exc:
         raise EncoderError(
-            f"cannot import {module_path!r} for encoder '{module_path}:{attr}' ({exc}); "
+            f"cannot import {module_path!r} for encoder {spec!r} ({exc}); "
             "is the package installed or on PYTHONPATH?"
         ) from exc
+    except Exception as exc:  # the user's module failed while importing
+        raise EncoderError(f"importing {module_path!r} for encoder {spec!r} failed: "
+                           f"{type(exc).__name__}: {_first_line(exc)}") from exc
     factory = getattr(module, attr, None)
     if factory is None:
         raise EncoderError(f"module {module_path!r} has no attribute {attr!r}")
@@ -83,8 +91,14 @@ def _user_model(module_path: str, attr: str, in_chans: int, **kwargs) -> tuple[n
         return factory, False
     if not callable(factory):
         raise EncoderError(f"'{module_path}:{attr}' is neither an nn.Module nor a callable")
-    takes_in_chans = _accepts(factory, "in_chans")
-    model = factory(in_chans=in_chans, **kwargs) if takes_in_chans else factory(**kwargs)
+    takes_in_chans = _names_parameter(factory, "in_chans")
+    try:
+        model = factory(in_chans=in_chans, **kwargs) if takes_in_chans else factory(**kwargs)
+    except Exception as exc:  # the user's code: one line naming the spec, the cause chained
+        args = ", ".join([*(["in_chans=" + str(in_chans)] if takes_in_chans else []),
+                          *(f"{k}={v!r}" for k, v in kwargs.items())])
+        raise EncoderError(f"encoder {spec!r}: {spec.replace(':', '.')}({args}) raised "
+                           f"{type(exc).__name__}: {_first_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise EncoderError(
             f"'{module_path}:{attr}' returned {type(model).__name__}, not an nn.Module"
@@ -92,9 +106,18 @@ def _user_model(module_path: str, attr: str, in_chans: int, **kwargs) -> tuple[n
     return model, takes_in_chans
 
 
-def _accepts(fn, arg: str) -> bool:
+def _names_parameter(fn, arg: str) -> bool:
+    """Whether ``fn``'s signature names ``arg``. A ``**kwargs`` catch-all does not count:
+    such builders (torchvision's ``resnet18(**kwargs)``) pass it on to a class that may
+    not take it, so convssl adapts the first convolution itself instead."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    param = params.get(arg)
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -11,9 +11,11 @@ Legend: B batch, N samples, C channels, h/w a stage map's size, D feature dims.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +24,11 @@ from convssl.data.crops import ResizeCenterCrop
 from convssl.data.views import Named
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.tar_stream import is_local, iter_shard, local_path
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
 from convssl.errors import DataError
+from convssl.workers import loader_batches
 
 MAX_DIMS = 9216  # as Goyal et al. 2019: each stage pooled to at most ~9k dims
 
@@ -73,17 +77,36 @@ def eval_resize(size: int) -> int:
     return size if size <= 64 else round(size / 0.875)
 
 
-def iter_labeled_batches(spec: str, size: int, channels: int, batch_size: int,
-                         workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(img_uint8_BCHW, cls_B)`` batches of a labeled shard set, in a fixed order.
+@contextlib.contextmanager
+def labeled_batches(spec: str, size: int, channels: int, batch_size: int,
+                    workers: int) -> Iterator[Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """``with labeled_batches(...) as batches:`` ``(img_uint8_BCHW, cls_B)`` batches of a
+    labeled shard set, in a fixed order; the loader's workers stop on leaving, error or not.
 
-    Unshuffled, no augmentation, one pass: the evaluation view of the data.
+    Unshuffled, no augmentation, one pass: the evaluation view of the data. Shards
+    without labels are refused here, in this process, before any worker starts.
     """
     urls, manifest = resolve_shards(spec)
+    _check_labeled(spec, urls, manifest)
     dataset = ShardDataset(urls, transform=Named(ResizeCenterCrop(size, resize=eval_resize(size))), channels=channels,
                            labeled=True, shuffle_buffer=0, seed=0, infinite=False, manifest=manifest)
-    for batch in make_loader(dataset, batch_size, workers, persistent_workers=False):
-        yield batch["img"], batch["cls"]
+    with loader_batches(make_loader(dataset, batch_size, workers, persistent_workers=False)) as batches:
+        yield ((batch["img"], batch["cls"]) for batch in batches)
+
+
+def _check_labeled(spec: str, urls: list[str], manifest) -> None:
+    """Refuse unlabeled shards: by their manifest, else by the first sample of a local shard."""
+    if manifest is not None:
+        labeled = manifest.labeled
+    elif is_local(urls[0]) and Path(local_path(urls[0])).is_file():
+        with contextlib.closing(iter_shard(urls[0])) as samples:
+            first = next(samples, None)
+        labeled = first is None or "cls" in first[1]
+    else:
+        return  # a remote shard set without a manifest: the reader counts unlabeled samples as corrupt
+    if not labeled:
+        raise DataError(f"{spec!r} holds no labels (.cls); probing needs labeled shards: "
+                        "convssl shards SRC OUT --labeled")
 
 
 @torch.no_grad()
@@ -124,5 +147,5 @@ def extract_features(encoder: Encoder, batches: Iterable[tuple[torch.Tensor, tor
 def features_of_shards(encoder: Encoder, spec: str, *, size: int, channels: int, mean, std,
                        batch_size: int = 256, workers: int = 2, max_dims: int | None = MAX_DIMS) -> FeatureSet:
     """``extract_features`` over a labeled shard set (folder, manifest or brace pattern)."""
-    batches = iter_labeled_batches(spec, size, channels, batch_size, workers)
-    return extract_features(encoder, batches, mean=mean, std=std, max_dims=max_dims)
+    with labeled_batches(spec, size, channels, batch_size, workers) as batches:
+        return extract_features(encoder, batches, mean=mean, std=std, max_dims=max_dims)

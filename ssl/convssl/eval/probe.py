@@ -21,6 +21,7 @@ from convssl.eval import knn as knn_mod
 from convssl.eval import linear
 from convssl.eval.features import MAX_DIMS, features_of_shards
 from convssl.eval.report import write_report
+from convssl.writable import ensure_writable_dir
 
 FORMAT = "convssl-probe/1"
 
@@ -36,6 +37,7 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
     ``checkpoint``, ``step`` and ``seed`` (for a random-init encoder) are recorded in
     the report. Returns the report dict (accuracies are top-1 fractions in [0, 1]).
     """
+    ensure_writable_dir(out_dir, "out_dir")  # fail now, not after the features
     started = time.perf_counter()
     device = next(encoder.parameters()).device
     read = dict(size=size, channels=channels, mean=mean, std=std, batch_size=batch_size, workers=workers,

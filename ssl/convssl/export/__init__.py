@@ -1,5 +1,11 @@
-"""Export a pretrained backbone for torchvision / timm / plain PyTorch, verified by loading."""
+"""Export a pretrained backbone: weights for torchvision / timm / plain PyTorch, verified by
+loading; or a deployment file (ONNX, TorchScript), verified against torch's outputs."""
 
 from convssl.export.backbone import FORMATS, ExportError, export_backbone, verify_backbone
+from convssl.export.onnx import export_onnx
+from convssl.export.torchscript import export_torchscript
 
-__all__ = ["FORMATS", "ExportError", "export_backbone", "verify_backbone"]
+DEPLOY_FORMATS = ("onnx", "torchscript")
+
+__all__ = ["DEPLOY_FORMATS", "FORMATS", "ExportError", "export_backbone", "export_onnx", "export_torchscript",
+           "verify_backbone"]

@@ -14,19 +14,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 import convssl
+from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import from_dict, to_dict
 from convssl.encoders import Encoder, EncoderConfig, build_bare_model
 from convssl.encoders.sources import build_model, parse_spec
 from convssl.encoders.stem import conv_in_channels
 from convssl.errors import ConvsslError
 from convssl.train import checkpoint as ckpt_io
+from convssl.writable import ensure_writable_dir
 
 SIDECAR_FORMAT = "convssl-export/1"
 FORMATS = ("torchvision", "timm", "state_dict")
@@ -54,6 +54,11 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
     if fmt is not None and fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     save_safetensors = _safetensors_saver() if safetensors else None
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        out_path = out_path / ("backbone.safetensors" if safetensors else "backbone.pth")
+    ensure_writable_dir(out_path.parent, "--out")
+    clean_stale_temps(out_path.parent)
     ckpt = ckpt_io.load(ckpt_path)
     enc_cfg = from_dict(EncoderConfig, ckpt["config"]["encoder"], path="encoder")
     source = parse_spec(enc_cfg.spec)[0]
@@ -65,18 +70,18 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
                           f"{enc_cfg.spec!r}; use {hint} (state_dict works for any encoder)")
 
     weights = {k: v.detach().cpu().contiguous() for k, v in ckpt["encoder"].items()}
+    bad = ckpt_io.non_finite(weights)
+    if bad:
+        raise ExportError(f"checkpoint {ckpt['path']!r} holds NaN or infinite weights in {len(bad)} tensor(s) "
+                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); export an earlier checkpoint")
     check = verify_backbone(enc_cfg, weights)
     weights = {k: v for k, v in weights.items() if k not in check["head_keys"]}
 
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        out_path = out_path / ("backbone.safetensors" if safetensors else "backbone.pth")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     if save_safetensors:
-        _write_atomic(out_path, lambda tmp: save_safetensors(
+        write_atomic(out_path, lambda tmp: save_safetensors(
             {k: v.clone() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"}))
     else:
-        _write_atomic(out_path, lambda tmp: torch.save(weights, tmp))
+        write_atomic(out_path, lambda tmp: torch.save(weights, tmp))
 
     data = ckpt["config"].get("data", {})
     sidecar = {
@@ -105,7 +110,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
         "versions": ckpt.get("versions"),
     }
     sidecar_path = Path(f"{out_path}.json")
-    _write_atomic(sidecar_path, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str) + "\n"))
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
     sidecar["paths"] = {"weights": str(out_path), "sidecar": str(sidecar_path)}
     return sidecar
 
@@ -188,17 +193,6 @@ def _safetensors_saver():
     return save_file
 
 
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)``, then rename over ``path``: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: Path) -> str:

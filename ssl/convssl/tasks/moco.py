@@ -102,6 +102,18 @@ class MoCo(nn.Module):
     # positive key leak): the trainer must not convert it to nn.SyncBatchNorm.
     manages_batchnorm_sync = True
 
+    @staticmethod
+    def check_batch(cfg: MoCoConfig, global_batch: int, world_size: int) -> None:
+        """Each step enqueues the global batch of keys, so the queue must hold it; each BN
+        group needs two samples per rank for batch statistics."""
+        if global_batch > cfg.queue_size:
+            raise ConfigError(f"moco: task.queue_size {cfg.queue_size} is smaller than the global batch "
+                              f"data.batch_size {global_batch}; raise task.queue_size")
+        per_rank = global_batch // max(1, world_size)
+        if cfg.bn_groups > 1 and per_rank < 2 * cfg.bn_groups:
+            raise ConfigError(f"moco: task.bn_groups {cfg.bn_groups} needs at least {2 * cfg.bn_groups} samples "
+                              f"per process, the batch gives {per_rank}; lower task.bn_groups or raise data.batch_size")
+
     def __init__(self, encoder: Encoder, cfg: MoCoConfig, data: DataConfig):
         super().__init__()
         self.cfg, self.data = cfg, data

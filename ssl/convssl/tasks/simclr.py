@@ -72,6 +72,13 @@ class SimCLR(nn.Module):
     Config = SimCLRConfig
     manages_batchnorm_sync = False
 
+    @staticmethod
+    def check_batch(cfg: SimCLRConfig, global_batch: int, world_size: int) -> None:
+        """The negatives are the other images of the (global) batch: it needs two at least."""
+        if global_batch < 2:
+            raise ConfigError(f"simclr takes its negatives from the other images of the batch: "
+                              f"data.batch_size {global_batch} has none; use 2 or more (the paper: 4096)")
+
     def __init__(self, encoder: Encoder, cfg: SimCLRConfig, data: DataConfig):
         super().__init__()
         self.cfg, self.data = cfg, data

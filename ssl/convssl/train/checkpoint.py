@@ -12,17 +12,22 @@ A checkpoint is one ``torch.save`` dict:
 - ``versions``: torch / torchvision / convssl versions and the git revision if known
 
 Keys carry no ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefixes.
+
+Everything in it is tensors, numbers, strings, lists, tuples and dicts, so ``load``
+reads it with ``torch.load(weights_only=True)``: a file holding any other Python
+object (a pickle whose ``__reduce__`` would run a command, say) is refused before
+anything in it runs. Checkpoints from the internet are safe to probe, export and resume.
 """
 
 from __future__ import annotations
 
-import os
+import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from convssl.atomic import write_atomic
 from convssl.errors import ConvsslError
 
 FORMAT = "convssl-checkpoint/1"
@@ -36,23 +41,7 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
@@ -66,7 +55,14 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise ConvsslError(f"checkpoint {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.findall(r"GLOBAL (\S+)", str(exc))
+        raise ConvsslError(
+            f"refused to load {str(path)!r}: it holds a Python object convssl never saves "
+            f"({found[0] if found else 'an unsupported global'}), and unpickling it could run code; "
+            "nothing in it was run. Use checkpoints written by convssl pretrain"
+        ) from None
     except Exception as exc:
         raise ConvsslError(
             f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); "
@@ -76,6 +72,12 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ConvsslError(f"{str(path)!r} is not a convssl checkpoint (format {FORMAT} expected)")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def non_finite(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` holding a NaN or an infinity."""
+    return [k for k, v in tensors.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def latest(folder: str | Path) -> Path | None:

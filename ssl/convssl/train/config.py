@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from convssl.config import at_least, between
+
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
@@ -30,6 +32,20 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad: float = 0.0
 
+    def __post_init__(self):
+        at_least("lr_per_256", self.lr_per_256, 0)
+        between("momentum", self.momentum, 0, 1, high_open=True)
+        for i, beta in enumerate(self.betas):
+            between(f"betas[{i}]", beta, 0, 1, high_open=True)
+        at_least("eps", self.eps, 0, strict=True)
+        at_least("weight_decay", self.weight_decay, 0)
+        if self.weight_decay_end is not None:
+            at_least("weight_decay_end", self.weight_decay_end, 0)
+        at_least("lars_eta", self.lars_eta, 0, strict=True)
+        at_least("warmup_epochs", self.warmup_epochs, 0)
+        between("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        at_least("clip_grad (0 = off)", self.clip_grad, 0)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -41,6 +57,8 @@ class TrainConfig:
         manage it themselves: SparK's sparse BN syncs visible positions, MoCo uses shuffle-BN).
     ckpt_every / log_every / image_every: in optimizer steps (0 = only at the end / never).
     keep_checkpoints: how many step checkpoints to keep (the newest).
+    max_bad_steps: stop (with a checkpoint of the last finite state) after this many steps
+        in a row whose loss or gradients were NaN or infinite; each such step is skipped.
     """
 
     epochs: float = 100.0
@@ -54,3 +72,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     image_every: int = 0
+    max_bad_steps: int = 5
+
+    def __post_init__(self):
+        at_least("epochs", self.epochs, 0)
+        at_least("max_steps (0 = use epochs)", self.max_steps, 0)
+        if not self.max_steps and not self.epochs > 0:
+            raise ValueError("give epochs > 0 or max_steps > 0: the run would have no steps")
+        for name in ("ckpt_every", "log_every", "image_every"):
+            at_least(f"{name} (0 = off)", getattr(self, name), 0)
+        at_least("keep_checkpoints", self.keep_checkpoints, 1)
+        at_least("max_bad_steps", self.max_bad_steps, 1)

@@ -25,7 +25,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    return optimizer_for_groups(param_groups(model, cfg.weight_decay), cfg, lr)
+
+
+def optimizer_for_groups(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """``cfg.name``'s optimizer over prepared groups (each with ``weight_decay`` and ``adapt``)."""
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "adamw":

@@ -8,10 +8,9 @@ once, here, from ``optim.lr_per_256``.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +21,28 @@ import yaml
 
 from convssl import __version__
 from convssl import dist as cdist
+from convssl.atomic import clean_stale_temps
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError, ConvsslError
-from convssl.recipe import Recipe, recipe_from_dict
+from convssl.recipe import Recipe, check_batch, recipe_from_dict
 from convssl.registry import build_task
 from convssl.train import checkpoint as ckpt_io
+from convssl.train.finite import StepGuard, finite_step
+from convssl.train.interrupt import StopRequest
 from convssl.train.optim import build_optimizer
 from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import cosine, warmup_cosine
 from convssl.train.state import rng_state, seed_all, set_rng_state
+from convssl.workers import stop_workers
+from convssl.writable import ensure_writable_dir
 
 # Keys a resumed run may change (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.ckpt_every", "train.log_every",
-                     "train.image_every", "train.keep_checkpoints", "data.workers"}
+                     "train.image_every", "train.keep_checkpoints", "train.max_bad_steps", "data.workers"}
+# The remedies for a diverged run: they may change on resume, with a warning (the run is
+# then no longer the uninterrupted experiment).
+REMEDY_CHANGES = {"optim.lr_per_256", "optim.clip_grad", "train.precision"}
 
 
 @dataclass
@@ -68,12 +75,20 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     info = cdist.init(dev)
     run_dir = Path(out)
     ckpt_dir = run_dir / "checkpoints"
+    # Everything that can be wrong with the user's input is checked before the model is
+    # built and before any loader worker starts: the run dir, the data, the sizes.
+    urls, manifest = (None, None) if batches is not None else _resolve(data)
+    if info.is_main:
+        ensure_writable_dir(run_dir, "--out")
+        clean_stale_temps(ckpt_dir)  # left by a process killed while writing a checkpoint
     state = _resume_state(ckpt_dir) if resume else None
     if state is None and ckpt_io.latest(ckpt_dir) is not None:
         raise ConvsslError(f"{str(run_dir)!r} already holds checkpoints; pass --resume to continue "
                            "that run, or choose another --out")
     if state is not None:
-        recipe = _merge_resumed_recipe(state, recipe)
+        recipe = _merge_resumed_recipe(state, recipe, info)
+    plan = make_plan(recipe, manifest, info.world_size)
+    _warn_about_plan(recipe, plan, info)
 
     seed_all(recipe.train.seed)
     encoder = build_encoder(recipe.encoder)
@@ -84,8 +99,6 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     if recipe.train.channels_last:
         task.to(memory_format=torch.channels_last)
 
-    urls, manifest = (None, None) if batches is not None else _resolve(data)
-    plan = make_plan(recipe, manifest, info.world_size)
     optimizer = build_optimizer(task, recipe.optim, plan.peak_lr)
     amp_dtype = _amp_dtype(recipe.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
@@ -93,18 +106,9 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     if state is not None:
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and scaler.is_enabled():  # empty when saved without fp16
+            scaler.load_state_dict(state["scaler"])
         step = state["step"]
-
-    if batches is None:
-        batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step,
-                                 transform=task.loader_transform())
-    # RNG last: starting the loader (iter draws a base seed) must not shift the random
-    # stream of a resumed run against the uninterrupted one.
-    batches = iter(batches)
-    torch.manual_seed(recipe.train.seed * 1009 + info.rank)
-    if state is not None:
-        set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
 
     model = task
     if info.enabled:
@@ -113,16 +117,25 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         model = torch.compile(model)
 
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir, recipe, data, info, plan)
     log = RunLog(run_dir) if info.is_main else None
     bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
     end = plan.total_steps if stop_after is None else min(plan.total_steps, step + stop_after)
     try:
+        if batches is None:
+            batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step,
+                                     transform=task.loader_transform())
+        # Workers start here; from now on every exit path goes through ``finally``.
+        # RNG last: starting the loader (iter draws a base seed) must not shift the random
+        # stream of a resumed run against the uninterrupted one.
+        batches = iter(batches)
+        torch.manual_seed(recipe.train.seed * 1009 + info.rank)
+        if state is not None:
+            _restore_rng(state, info, recipe.train.seed)
         summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
                         dev, step, end, ckpt_dir, log, bar)
     finally:
-        _stop_workers(batches)
+        stop_workers(batches)
         bar.close()
         if log:
             log.close()
@@ -134,6 +147,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
 
 def make_plan(recipe: Recipe, manifest, world_size: int) -> Plan:
     g = recipe.data.batch_size
+    check_batch(recipe, world_size)
     if g % world_size:
         raise ConfigError(f"data.batch_size {g} is not divisible by the {world_size} processes; "
                           f"use a multiple of {world_size}")
@@ -159,73 +173,100 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
     cfg, ocfg = recipe.train, recipe.optim
     final_lr = plan.peak_lr * ocfg.min_lr_ratio
     trainable = [p for p in task.parameters() if p.requires_grad]
-    stop = _GracefulStop()
+    guard = StepGuard(task, cfg.max_bad_steps)
     window = {"n": 0, "t": time.perf_counter(), "wait": 0.0, "sums": {}}
-    bad = torch.zeros((), dtype=torch.bool, device=dev)
     last_ckpt, last_scalars, t_start, start_step = None, {}, time.perf_counter(), step
     it = batches
-    try:
-        with stop:
-            while step < end:
-                t0 = time.perf_counter()
-                batch = _to_device(next(it), dev, recipe.train.channels_last)
-                window["wait"] += time.perf_counter() - t0
+    with StopRequest() as stop:
+        while step < end:
+            t0 = time.perf_counter()
+            batch = _to_device(next(it), dev, recipe.train.channels_last)
+            window["wait"] += time.perf_counter() - t0
 
-                lr = warmup_cosine(step, plan.total_steps, plan.peak_lr, plan.warmup_steps, final_lr)
-                wd = ocfg.weight_decay if ocfg.weight_decay_end is None else cosine(
-                    step, plan.total_steps, ocfg.weight_decay, ocfg.weight_decay_end)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                    if group["adapt"]:  # weights; biases and norms keep weight decay 0
-                        group["weight_decay"] = wd
+            lr = warmup_cosine(step, plan.total_steps, plan.peak_lr, plan.warmup_steps, final_lr)
+            wd = ocfg.weight_decay if ocfg.weight_decay_end is None else cosine(
+                step, plan.total_steps, ocfg.weight_decay, ocfg.weight_decay_end)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if group["adapt"]:  # weights; biases and norms keep weight decay 0
+                    group["weight_decay"] = wd
 
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    out = model(batch)
-                loss = out["loss"]
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if ocfg.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, ocfg.clip_grad)
+            guard.before_forward()
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(batch)
+            loss = out["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            # the total norm, clipped when asked (max_norm inf multiplies by exactly 1.0)
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                trainable, ocfg.clip_grad if ocfg.clip_grad > 0 else float("inf"))
+            # fp16: the scaler skips overflowing steps itself; only a non-finite loss counts
+            finite = finite_step(loss, loss if scaler.is_enabled() else out["grad_norm"])
+            finite &= guard.buffers_finite().to(finite.device)
+            ok, stop_now = _agree(finite, stop.requested)  # the same decision on every rank
+            if ok:
                 scaler.step(optimizer)
                 scaler.update()
                 task.after_step(step, plan.total_steps)
-                step += 1
+                guard.passed()
+            else:
+                guard.skip()
+                scaler.update()
+            step += 1
 
-                bad |= ~torch.isfinite(loss.detach())
+            if ok:
                 for k, v in out.items():
                     if torch.is_tensor(v) and v.numel() == 1:
                         window["sums"][k] = window["sums"].get(k, 0.0) + v.detach().float()
                 window["n"] += 1
-                if step % max(1, cfg.log_every) == 0 or step == end:
-                    _check_finite(bad, step, ckpt_dir)
-                    last_scalars = _log(window, step, lr, wd, plan, info, log, bar)
-                if cfg.image_every and step % cfg.image_every == 0 and info.is_main:
-                    with torch.no_grad():
-                        picture = task.pictures(batch)
-                    if picture is not None:
-                        log.picture(step, picture)
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end:
-                    _check_finite(bad, step, ckpt_dir)
-                    last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
-    except KeyboardInterrupt:
-        if step > start_step and not bool(bad):
-            last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
-            raise ConvsslError(f"interrupted at step {step}; checkpoint saved to {last_ckpt}; "
-                               "continue with the same command plus --resume") from None
-        raise ConvsslError(f"interrupted at step {step}; nothing new to save") from None
+            if step % max(1, cfg.log_every) == 0 or step == end or guard.diverged or stop_now:
+                last_scalars = _log(window, step, lr, wd, plan, info, log, bar, guard.skipped)
+            if ok and cfg.image_every and step % cfg.image_every == 0 and info.is_main:
+                with torch.no_grad():
+                    picture = task.pictures(batch)
+                if picture is not None:
+                    log.picture(step, picture)
+            if guard.diverged:
+                path = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
+                raise ConvsslError(
+                    f"the loss or the gradients were NaN or infinite for {guard.in_a_row} steps in a row (up to "
+                    f"step {step}; {guard.skipped} skipped in all), so those updates were not applied. The finite "
+                    f"state is saved to {path}; lower optim.lr_per_256, set optim.clip_grad (e.g. 3.0) or use "
+                    "train.precision=fp32, then --resume")
+            if stop_now:
+                last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
+                raise ConvsslError(f"interrupted at step {step}; checkpoint saved to {last_ckpt}; "
+                                   "continue with the same command plus --resume")
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end:
+                last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
     seconds = time.perf_counter() - t_start
     done = step - start_step
     return {"steps": step, "metrics": last_scalars, "seconds": seconds,
             "img_per_s": done * plan.global_batch / seconds if seconds > 0 else 0.0,
+            "skipped_steps": guard.skipped,
             "checkpoint": str(last_ckpt or ckpt_io.latest(ckpt_dir) or "") or None}
 
 
-def _log(window, step, lr, wd, plan, info, log, bar) -> dict:
+def _agree(finite: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
+    """``(apply this step, stop after it)``, the same on every rank: a NaN on any rank
+    skips the step everywhere, and a signal to any rank stops all at the same step."""
+    flags = torch.stack([(~finite).to(torch.int32),
+                         torch.tensor(int(stop_requested), dtype=torch.int32, device=finite.device)])
+    if cdist.is_enabled():
+        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    bad, stop_now = flags.tolist()
+    return not bad, bool(stop_now)
+
+
+def _log(window, step, lr, wd, plan, info, log, bar, skipped: int = 0) -> dict:
     now = time.perf_counter()
     elapsed = now - window["t"]
-    scalars = {k: float(cdist.all_reduce_mean(v / window["n"])) for k, v in sorted(window["sums"].items())}
-    img_s = window["n"] * plan.global_batch / max(elapsed, 1e-9)
+    n = max(1, window["n"])  # steps in the window that were applied (skipped ones are not averaged)
+    scalars = {k: float(cdist.all_reduce_mean(v / n)) for k, v in sorted(window["sums"].items())}
+    if skipped:
+        scalars["skipped_steps"] = float(skipped)
+    img_s = n * plan.global_batch / max(elapsed, 1e-9)
     share = window["wait"] / max(elapsed, 1e-9)
     if log:
         log.scalars(step, {**scalars, "lr": lr, "wd": wd, "epoch": step / plan.steps_per_epoch,
@@ -235,21 +276,19 @@ def _log(window, step, lr, wd, plan, info, log, bar) -> dict:
     return scalars
 
 
-def _check_finite(bad, step, ckpt_dir) -> None:
-    flag = bad.int()  # a NaN on any rank stops every rank
-    if cdist.is_enabled():
-        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
-    if bool(flag):
+def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
+    """A checkpoint of this step, written atomically by the main rank; never one holding
+    NaN or infinite weights (raised instead, naming the last good checkpoint)."""
+    bad = ckpt_io.non_finite(task.state_dict())
+    if _any_rank(bool(bad), next(task.parameters()).device):
         last = ckpt_io.latest(ckpt_dir)
         raise ConvsslError(
-            f"the loss became NaN or infinite by step {step}; no checkpoint was written after it. "
+            f"the weights became NaN or infinite by step {step} "
+            + (f"({len(bad)} tensor(s), e.g. {bad[0]}); " if bad else "(on another rank); ")
+            + "no checkpoint was written. "
             + (f"The last good checkpoint is {last}; " if last else "")
             + "lower optim.lr_per_256, set optim.clip_grad (e.g. 3.0) or use train.precision=fp32, then "
-            + ("--resume" if last else "start again")
-        )
-
-
-def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
+            + ("--resume" if last else "start again"))
     rng = rng_state()
     if info.enabled:
         gathered = [None] * info.world_size
@@ -277,6 +316,14 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
     return path
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    if not cdist.is_enabled():
+        return flag
+    t = torch.tensor(int(flag), dtype=torch.int32, device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t)
+
+
 def _prune(ckpt_dir: Path, keep: int) -> None:
     found = sorted(ckpt_dir.glob("step-*.pt"))
     for old in found[: max(0, len(found) - max(1, keep))]:
@@ -290,18 +337,41 @@ def _resume_state(ckpt_dir: Path) -> dict:
     return ckpt_io.load(path)
 
 
-def _merge_resumed_recipe(state: dict, recipe: Recipe) -> Recipe:
+def _merge_resumed_recipe(state: dict, recipe: Recipe, info) -> Recipe:
     saved = recipe_from_dict(state["config"])
     mine, theirs = _flat(recipe.to_dict()), _flat(saved.to_dict())
     changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES | REMEDY_CHANGES]
     if refused:
         raise ConfigError(
             "--resume with a recipe that differs from the checkpoint's in: "
             + ", ".join(f"{k} ({theirs.get(k)!r} -> {mine.get(k)!r})" for k in refused[:8])
-            + f". Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume."
+            + f". Only {', '.join(sorted(RESUMABLE_CHANGES | REMEDY_CHANGES))} may change on resume."
         )
+    remedies = [k for k in changed if k in REMEDY_CHANGES]
+    if remedies:
+        _warn(info, "--resume changes " + ", ".join(f"{k} ({theirs.get(k)!r} -> {mine.get(k)!r})" for k in remedies)
+              + f"; training continues from step {state['step']} with the new value(s), so from here on it "
+              "is not the run the checkpoint started")
     return recipe
+
+
+def _restore_rng(state: dict, info, seed: int) -> None:
+    """Each rank continues its own random stream. A checkpoint written by another number of
+    processes has no stream for this rank: every rank is then seeded from (seed, step,
+    rank), so ranks never share one stream."""
+    rng, saved_world = state["rng"], state["data"].get("world_size", 1)
+    streams = rng if isinstance(rng, list) else [rng]
+    if saved_world == info.world_size and len(streams) == info.world_size:
+        set_rng_state(streams[info.rank])
+        return
+    torch.manual_seed(hash((seed, state["step"], info.rank)) % 2**63)
+    step, g = state["step"], state["data"]["per_rank_batch"] * saved_world
+    _warn(info, f"resuming a checkpoint written by {saved_world} process(es) with {info.world_size}: weights, "
+          f"optimizer, schedule and step {step} continue exactly, and so does the data position in samples "
+          f"({step * g} read, epoch {state.get('epoch', 0):.2f}), but shards are dealt per process, so the rest of "
+          "this epoch reads the samples in another order (some twice, some not) and the random streams (crops, "
+          f"masks, augmentations) are re-seeded per rank: the run is not bit-identical to one on {saved_world}")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -313,6 +383,20 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+def _warn_about_plan(recipe: Recipe, plan: Plan, info) -> None:
+    if plan.warmup_steps > plan.total_steps:
+        reached = plan.total_steps / plan.warmup_steps
+        _warn(info, f"optim.warmup_epochs {recipe.optim.warmup_epochs:g} is {plan.warmup_steps} steps, longer "
+              f"than the whole run ({plan.total_steps} steps): the learning rate never gets past "
+              f"{reached:.0%} of its peak {plan.peak_lr:.3g}; shorten optim.warmup_epochs")
+
+
+def _warn(info, message: str) -> None:
+    """A warning the user must see: one line on stderr, from the main rank."""
+    if info.is_main:
+        print(f"convssl pretrain: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _resolve(spec: str):
@@ -334,18 +418,6 @@ def _shard_batches(recipe: Recipe, urls, manifest, info, plan, start_batches: in
         batch_size=plan.per_rank_batch, max_corrupt_fraction=d.max_corrupt_fraction, manifest=manifest,
     )
     return make_loader(dataset, batch_size=plan.per_rank_batch, num_workers=d.workers)
-
-
-def _stop_workers(batches) -> None:
-    """Shut the loader's worker processes down now, while this process is healthy.
-
-    Left to interpreter exit (after Ctrl-C, SIGTERM or an error), workers die mid-way and
-    multiprocessing's helper threads can print tracebacks after our clear message.
-    ``_shutdown_workers`` is what the iterator's own ``__del__`` calls.
-    """
-    shutdown = getattr(batches, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
 
 
 def _to_device(batch: dict, dev: torch.device, channels_last: bool) -> dict:
@@ -385,23 +457,3 @@ def _versions() -> dict:
         rev = None
     return {"convssl": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "git": rev}
-
-
-class _GracefulStop(contextlib.AbstractContextManager):
-    """Turns SIGTERM (a scheduler's kill) into KeyboardInterrupt so a checkpoint is saved."""
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        return False
