@@ -188,9 +188,10 @@ class SparK(nn.Module):
             "none", or "auto" (LN if the encoder has LayerNorm and no BatchNorm, else BN).
         backend: sparse execution of the encoder's conv/pool layers (``convssl.sparse.backends``):
             "masked" = dense ops times the mask (SparK's own, the reference), "gather" =
-            block-sparse tiles (SBNet), "spconv" = sparse convolution (needs convssl[spconv]),
-            "auto" = per layer the fastest of them, timed at start-up; all compute the same
-            function, so a checkpoint resumes under any backend.
+            block-sparse tiles (SBNet), "auto" = per layer the fastest of masked and gather,
+            timed at start-up; they compute the same function, so a checkpoint resumes under
+            any of them. "spconv" (sparse convolution) is refused here for now: its
+            whole-network gradients do not match masked yet (see the README).
         sync_bn: sparse BatchNorm statistics over all ranks when distributed (SparK: SyncBN).
         elementwise: extra per-position layer types of a custom encoder ("pkg.mod:Class").
         """
