@@ -170,12 +170,9 @@ def _sparse_version(m: nn.Module, path: str, layout, ctx, sync_bn, elementwise) 
     if isinstance(m, SqueezeExcitation):
         need_channels_first()
         return L.sparsify(m, L.SparseSqueezeExcitation, ctx, path)
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         need_channels_first()
-        return L.sparsify(m, L.MaskedOutput, ctx, path)
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        need_channels_first()
-        return L.sparsify(m, L.MaskedOutput, ctx, path)
+        return L.sparsify(m, L.SparseWindowed, ctx, path)
     if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         need_channels_first()
         return L.sparsify(m, L.SparseBatchNorm, ctx, path, sparse_sync=sync_bn)

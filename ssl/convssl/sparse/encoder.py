@@ -9,12 +9,13 @@ import torch
 
 from convssl.encoders import Encoder
 from convssl.errors import EncoderError
+from convssl.sparse import backends
 from convssl.sparse.convert import sparse_view
 from convssl.sparse.mask import MaskContext, patch_grid
 
 
 class SparseEncoder(Encoder):
-    """Runs a dense ``Encoder`` sparsely (SparK's ``masked`` backend), without changing it.
+    """Runs a dense ``Encoder`` sparsely under a patch mask, without changing it.
 
     ``SparseEncoder(encoder)`` builds a sparse twin of ``encoder.model``
     (``convert.sparse_view``): the twin's layers hold the very same ``Parameter`` and buffer
@@ -29,9 +30,17 @@ class SparseEncoder(Encoder):
         mask_B1hw: bool [B, 1, H/p, W/p], True = visible, p = ``patch_size`` (the total
         reduction). Input pixels of masked patches are zeroed, every layer sees the mask
         at its own scale, and stage maps come back with masked positions exactly 0.
+
+    backend: ``masked`` (dense ops times the mask, the reference), ``gather`` (block-sparse
+        tiles), ``spconv`` (sparse convolution) or ``auto`` (per layer the fastest of them
+        computing the same function, timed at the first forward of each input shape; the
+        choices live in ``backend_choices``, {shape key: {layer path: backend}}, which a
+        caller may save and restore so that a resumed run does not measure again).
+        See ``convssl.sparse.backends``.
     """
 
-    def __init__(self, encoder: Encoder, *, sync_bn: bool = True, elementwise: tuple[type, ...] = ()):
+    def __init__(self, encoder: Encoder, *, sync_bn: bool = True, elementwise: tuple[type, ...] = (),
+                 backend: str = "masked"):
         torch.nn.Module.__init__(self)
         if isinstance(encoder, SparseEncoder):
             raise EncoderError("SparseEncoder wraps a dense Encoder, not another SparseEncoder")
@@ -42,6 +51,14 @@ class SparseEncoder(Encoder):
         self.model = self.view.model
         self.__dict__["dense"] = encoder  # not a submodule: its weights are the twin's
         self.view.twins.append((self, encoder))
+        backends.check_backend(backend)
+        self.backend = backend
+        self.backend_choices: dict[str, dict[str, str]] = {}
+        self.choice_table: list[dict] = []  # rows of the last auto measurement
+        self.measurements = 0  # how many times auto has timed the layers
+        self._applied: str | None = None
+        if backend != "auto":
+            self.layer_backends = backends.assign(self.view, {p: backend for p in backends.windowed_layers(self.view)})
 
     @property
     def patch_size(self) -> int:
@@ -62,7 +79,42 @@ class SparseEncoder(Encoder):
         self._check_same_layers()
         self.view.follow_modes()
         with self.ctx.use(mask_B1hw):
-            return super().forward(self.ctx.apply(x_BCHW, where="input"))
+            x = self.ctx.apply(x_BCHW, where="input")
+            if self.backend == "auto":
+                self._auto_choose(x, mask_B1hw)
+            return super().forward(x)
+
+    @staticmethod
+    def shape_key(x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> str:
+        """The key of ``backend_choices``: input shape, dtype, device type and memory layout."""
+        layout = "cl" if x_BCHW.is_contiguous(memory_format=torch.channels_last) and x_BCHW.shape[1] > 1 else "cf"
+        return f"{'x'.join(map(str, x_BCHW.shape))}/{str(x_BCHW.dtype).removeprefix('torch.')}/{x_BCHW.device.type}/{layout}"
+
+    def _auto_choose(self, x: torch.Tensor, mask_B1hw: torch.Tensor) -> None:
+        from convssl.sparse.backends import auto
+
+        key = self.shape_key(x, mask_B1hw)
+        if key not in self.backend_choices:
+            layers = backends.windowed_layers(self.view)
+            backends.assign(self.view, {})
+            inputs, hooks = {}, []
+            for path, layer in layers.items():
+                hooks.append(layer.register_forward_pre_hook(
+                    lambda mod, args, path=path: inputs.__setitem__(path, args[0].detach())))
+            try:
+                for twin, _ in self.view.twins:
+                    twin.training = False  # no running-statistics update while recording
+                with torch.no_grad():
+                    super().forward(x)
+            finally:
+                for h in hooks:
+                    h.remove()
+                self.view.follow_modes()
+            self.backend_choices[key], self.choice_table = auto.choose(inputs, layers, self.ctx)
+            self.measurements += 1
+        if self._applied != key:
+            self.layer_backends = backends.assign(self.view, self.backend_choices[key])
+            self._applied = key
 
     def _check_same_layers(self) -> None:
         stale = self.view.stale_layer(self.dense.model)

@@ -51,6 +51,38 @@ class MaskedOutput(SparseLayer):
         return self._mask_output(y) if self.sparse_ctx.active else y
 
 
+class SparseWindowed(MaskedOutput):
+    """Convolution and pooling: computed by the kernel of the layer's backend
+    (``convssl.sparse.backends``), ``kernel(layer, x, mask_in, mask_out, ctx)``; the
+    ``masked`` backend's kernel is ``MaskedOutput``'s dense-times-mask. ``sparse_backend``
+    names the backend that provides ``sparse_kernel`` (set by ``backends.assign``)."""
+
+    sparse_backend: str = "masked"
+    sparse_kernel = None
+
+    def forward(self, x):
+        if not self.sparse_ctx.active or self.sparse_kernel is None:
+            return MaskedOutput.forward(self, x)
+        hw_in = x.shape[-2:]
+        hw_out = output_size(self, hw_in)
+        m_in = self.sparse_ctx.at(hw_in, torch.bool, self._where)
+        m_out = self.sparse_ctx.at(hw_out, torch.bool, self._where)
+        return self.sparse_kernel(self, x, m_in, m_out, self.sparse_ctx)
+
+
+def output_size(layer: nn.Module, hw: tuple[int, int]) -> tuple[int, int]:
+    """The map size a Conv2d / MaxPool2d / AvgPool2d with integer padding gives for ``hw``."""
+    pair = nn.modules.utils._pair
+    k, s, p = pair(layer.kernel_size), pair(layer.stride or layer.kernel_size), pair(layer.padding)
+    d = pair(getattr(layer, "dilation", 1))
+    ceil = getattr(layer, "ceil_mode", False)
+    out = []
+    for i in range(2):
+        span = hw[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1
+        out.append((-(-span // s[i]) if ceil else span // s[i]) + 1)
+    return tuple(out)
+
+
 class SparseBatchNorm(SparseLayer):
     """BatchNorm / SyncBatchNorm with statistics over visible positions (synchronised over
     ranks through ``dist.all_reduce`` when ``sparse_sync`` is set and training is
@@ -64,7 +96,7 @@ class SparseBatchNorm(SparseLayer):
         m = self._mask(x)
         if m is None:
             return super().forward(x)
-        return sparse_batch_norm(self, x, m, sync=self.sparse_sync)
+        return sparse_batch_norm(self, x, m, sync=self.sparse_sync, sites=self.sparse_ctx.sites(x.shape[-2:]))
 
 
 class SparseGroupNorm(SparseLayer):
@@ -118,15 +150,15 @@ class SparseGlobalMaxPool(SparseLayer):
 
 # Named classes for the common layers (readable in ``print(model)`` and picklable); other
 # subclasses of these (timm's Conv2dSame, LayerNorm2d variants...) get a class made on the fly.
-class SparseConv2d(MaskedOutput, nn.Conv2d):
+class SparseConv2d(SparseWindowed, nn.Conv2d):
     pass
 
 
-class SparseMaxPool2d(MaskedOutput, nn.MaxPool2d):
+class SparseMaxPool2d(SparseWindowed, nn.MaxPool2d):
     pass
 
 
-class SparseAvgPool2d(MaskedOutput, nn.AvgPool2d):
+class SparseAvgPool2d(SparseWindowed, nn.AvgPool2d):
     pass
 
 
@@ -165,9 +197,9 @@ class SparseAdaptiveMaxPool2d(SparseGlobalMaxPool, nn.AdaptiveMaxPool2d):
 
 
 _NAMED = {
-    (MaskedOutput, nn.Conv2d): SparseConv2d,
-    (MaskedOutput, nn.MaxPool2d): SparseMaxPool2d,
-    (MaskedOutput, nn.AvgPool2d): SparseAvgPool2d,
+    (SparseWindowed, nn.Conv2d): SparseConv2d,
+    (SparseWindowed, nn.MaxPool2d): SparseMaxPool2d,
+    (SparseWindowed, nn.AvgPool2d): SparseAvgPool2d,
     (SparseBatchNorm, nn.BatchNorm2d): SparseBatchNorm2d,
     (SparseBatchNorm, nn.SyncBatchNorm): SparseSyncBatchNorm,
     (SparseGroupNorm, nn.GroupNorm): SparseGroupNorm2d,

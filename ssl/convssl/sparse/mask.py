@@ -132,6 +132,20 @@ class MaskContext:
                 self._cache[key] = m if dtype == torch.bool else m.to(dtype)
         return self._cache[key]
 
+    def sites(self, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Visible positions of a map of size ``hw``: (b, y, x) index tensors, row-major order
+        (one ``nonzero`` per scale and forward, shared by every layer at that scale)."""
+        key = ("sites", tuple(hw))
+        if key not in self._cache:
+            self._cache[key] = self.at(hw, torch.bool)[:, 0].nonzero(as_tuple=True)
+        return self._cache[key]
+
+    def memo(self, key, make):
+        """A per-forward cache for derived index structures (``make()`` runs once per forward)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     def apply(self, x: torch.Tensor, channels_last: bool = False, where=None) -> torch.Tensor:
         """``x`` with masked positions set to 0 ([B, C, h, w], or [B, h, w, C] if channels_last)."""
         hw = x.shape[1:3] if channels_last else x.shape[-2:]

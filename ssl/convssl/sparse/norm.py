@@ -1,8 +1,8 @@
 """Normalisation over visible positions only (SparK's sparse BatchNorm, and GroupNorm).
 
 Functions, so the sparse layers and SparK's densify norms share one implementation and
-the mask is an explicit argument. Statistics are computed in float32 from masked sums
-(two passes: mean, then squared deviations) and, for synchronised BatchNorm, summed over
+the mask is an explicit argument. Statistics are computed from the visible
+positions (two passes: mean, then squared deviations), in float32 for half precision inputs and, for synchronised BatchNorm, summed over
 ranks with ``dist.all_reduce`` (differentiable), which works on CPU (gloo) and GPU alike,
 unlike ``nn.SyncBatchNorm``.
 
@@ -18,8 +18,14 @@ import torch.nn.functional as F
 from convssl import dist
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics in float32 for half precision inputs; float32 and float64 stay as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def sparse_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x_BChw: torch.Tensor,
-                      mask_B1hw: torch.Tensor, *, sync: bool) -> torch.Tensor:
+                      mask_B1hw: torch.Tensor, *, sync: bool,
+                      sites: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``bn`` applied as if the visible positions were the whole batch; masked positions -> 0.
 
     Training (or no running stats): the mean and biased variance of each channel over all
@@ -27,38 +33,45 @@ def sparse_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x_BChw: torch.Tensor,
     the input; running statistics are updated from them like ``nn.BatchNorm2d`` does
     (unbiased variance, ``momentum``, or a cumulative average when ``momentum is None``).
     Evaluation: the per-position affine map of the running statistics.
+
+    Only the visible rows are gathered and normalised ([N, C]), then scattered into a zero
+    map, so the layer allocates one full-size tensor (its output); no value is read back to
+    the host. ``sites``: the (b, y, x) visible positions when the caller has them already
+    (``MaskContext.sites``); otherwise they are taken from ``mask_B1hw``.
     """
-    m_B1hw = mask_B1hw.to(torch.float32)
     weight, bias = bn.weight, bn.bias
     use_batch_stats = bn.training or bn.running_mean is None
     if not use_batch_stats:
         y = F.batch_norm(x_BChw, bn.running_mean, bn.running_var, weight, bias, False, 0.0, bn.eps)
-        return y * m_B1hw.to(y.dtype)
+        return y * mask_B1hw.to(y.dtype)
 
-    x = x_BChw.float()
+    b, yy, xx = sites if sites is not None else mask_B1hw[:, 0].nonzero(as_tuple=True)
+    dt = compute_dtype(x_BChw.dtype)
+    x_NC = x_BChw.permute(0, 2, 3, 1)[b, yy, xx].to(dt)  # visible rows only
     reduce = dist.all_reduce_sum_with_grad if sync else (lambda t: t)
-    count_and_sum = reduce(torch.cat([m_B1hw.sum().view(1), (x * m_B1hw).sum((0, 2, 3))]))
+    count_and_sum = reduce(torch.cat([x_NC.new_full((1,), x_NC.shape[0]), x_NC.sum(0)]))
     count = count_and_sum[0].detach().clamp(min=1.0)
     mean_C = count_and_sum[1:] / count
-    centred = (x - mean_C.view(1, -1, 1, 1)) * m_B1hw
-    var_C = reduce(centred.pow(2).sum((0, 2, 3))) / count
+    centred_NC = x_NC - mean_C
+    var_C = reduce(centred_NC.pow(2).sum(0)) / count
 
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
-            momentum = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
-            n = float(count)
-            unbiased_C = var_C * (n / max(n - 1.0, 1.0))
+            momentum = (1.0 / bn.num_batches_tracked.to(mean_C.dtype)) if bn.momentum is None else bn.momentum
+            unbiased_C = var_C * (count / (count - 1.0).clamp(min=1.0))
             bn.running_mean.lerp_(mean_C.to(bn.running_mean.dtype), momentum)
             bn.running_var.lerp_(unbiased_C.to(bn.running_var.dtype), momentum)
 
     scale_C = torch.rsqrt(var_C + bn.eps)
     if weight is not None:
-        scale_C = scale_C * weight.float()
-    y = centred * scale_C.view(1, -1, 1, 1)
+        scale_C = scale_C * weight.to(dt)
+    y_NC = centred_NC * scale_C
     if bias is not None:
-        y = y + bias.float().view(1, -1, 1, 1) * m_B1hw
-    return y.to(x_BChw.dtype)
+        y_NC = y_NC + bias.to(dt)
+    out = x_BChw.new_zeros(x_BChw.shape)
+    out.permute(0, 2, 3, 1).index_put_((b, yy, xx), y_NC.to(x_BChw.dtype))
+    return out
 
 
 def sparse_group_norm(x_BChw: torch.Tensor, mask_B1hw: torch.Tensor, num_groups: int,
@@ -68,8 +81,9 @@ def sparse_group_norm(x_BChw: torch.Tensor, mask_B1hw: torch.Tensor, num_groups:
     With ``num_groups == C`` this is InstanceNorm (without running statistics).
     """
     B, C, h, w = x_BChw.shape
-    x = x_BChw.float().view(B, num_groups, C // num_groups, h, w)
-    m = mask_B1hw.to(torch.float32).view(B, 1, 1, h, w)
+    dt = compute_dtype(x_BChw.dtype)
+    x = x_BChw.to(dt).view(B, num_groups, C // num_groups, h, w)
+    m = mask_B1hw.to(dt).view(B, 1, 1, h, w)
     count_BG = (m.sum((2, 3, 4)) * (C // num_groups)).clamp(min=1.0)  # [B, 1]
     mean_BG = (x * m).sum((2, 3, 4)) / count_BG
     centred = (x - mean_BG.view(B, num_groups, 1, 1, 1)) * m
@@ -77,9 +91,9 @@ def sparse_group_norm(x_BChw: torch.Tensor, mask_B1hw: torch.Tensor, num_groups:
     y = (centred * torch.rsqrt(var_BG + eps).view(B, num_groups, 1, 1, 1)).view(B, C, h, w)
     m = m.view(B, 1, h, w)
     if weight is not None:
-        y = y * weight.float().view(1, -1, 1, 1)
+        y = y * weight.to(dt).view(1, -1, 1, 1)
     if bias is not None:
-        y = y + bias.float().view(1, -1, 1, 1) * m
+        y = y + bias.to(dt).view(1, -1, 1, 1) * m
     return y.to(x_BChw.dtype)
 
 

@@ -29,6 +29,7 @@ from convssl.encoders import Encoder
 from convssl.errors import ConfigError, EncoderError
 from convssl.sparse import SparseEncoder, random_patch_mask, sparse_batch_norm, upsample_mask
 from convssl.sparse.convert import resolve_types
+from convssl.sparse.norm import compute_dtype
 
 TARGET_EPS = 1e-6  # SparK: target patch normalised by sqrt(unbiased var + 1e-6)
 
@@ -45,7 +46,7 @@ def unpatchify(x_BND: torch.Tensor, p: int, grid_hw: tuple[int, int]) -> torch.T
 
 def patch_targets(x_BCHW: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-patch normalised targets [B, N, D] and the patch mean and std [B, N, 1]."""
-    patches = patchify(x_BCHW.float(), p)
+    patches = patchify(x_BCHW.to(compute_dtype(x_BCHW.dtype)), p)
     mean = patches.mean(dim=-1, keepdim=True)
     std = (patches.var(dim=-1, keepdim=True, unbiased=True) + TARGET_EPS).sqrt()
     return (patches - mean) / std, mean, std
@@ -56,8 +57,8 @@ def masked_patch_loss(pred_BCHW: torch.Tensor, x_BCHW: torch.Tensor, mask_B1hw: 
     """SparK's loss: MSE to per-patch normalised pixels, averaged over each patch's values,
     then over the masked patches of the batch. Returns (loss, per-patch errors [B, N])."""
     target, _, _ = patch_targets(x_BCHW, p)
-    err_BN = (patchify(pred_BCHW.float(), p) - target).pow(2).mean(dim=-1)
-    masked_BN = (~mask_B1hw.bool()).flatten(1).float()
+    err_BN = (patchify(pred_BCHW.to(target.dtype), p) - target).pow(2).mean(dim=-1)
+    masked_BN = (~mask_B1hw.bool()).flatten(1).to(err_BN.dtype)
     return (err_BN * masked_BN).sum() / masked_BN.sum().clamp(min=1.0), err_BN
 
 
@@ -132,7 +133,9 @@ class Densify(nn.Module):
     def __init__(self, channels: list[int], widths: list[int], norm: str, sync_bn: bool):
         super().__init__()
         self.norm_kind, self.sync_bn = norm, sync_bn
-        make_norm = {"bn": nn.BatchNorm2d, "ln": nn.LayerNorm, "none": lambda c: nn.Identity()}[norm]
+        # SparK's densify LayerNorm uses eps 1e-6 (its public code: LayerNorm(..., eps=1e-6))
+        make_norm = {"bn": nn.BatchNorm2d, "ln": lambda c: nn.LayerNorm(c, eps=1e-6),
+                     "none": lambda c: nn.Identity()}[norm]
         self.norms = nn.ModuleList(make_norm(c) for c in channels)
         self.tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1)) for c in channels)
         for t in self.tokens:
@@ -183,7 +186,12 @@ class SparK(nn.Module):
         decoder_width: channels of the decoder's coarsest block (SparK: 768), halved per block.
         densify_norm: norm before the mask token: "bn" (BN nets), "ln" (LN nets, ConvNeXt),
             "none", or "auto" (LN if the encoder has LayerNorm and no BatchNorm, else BN).
-        backend: sparse execution backend; "masked" = dense ops times the mask (reference).
+        backend: sparse execution of the encoder's conv/pool layers (``convssl.sparse.backends``):
+            "masked" = dense ops times the mask (SparK's own, the reference), "gather" =
+            block-sparse tiles (SBNet), "auto" = per layer the fastest of masked and gather,
+            timed at start-up; they compute the same function, so a checkpoint resumes under
+            any of them. "spconv" (sparse convolution) is refused here for now: its
+            whole-network gradients do not match masked yet (see the README).
         sync_bn: sparse BatchNorm statistics over all ranks when distributed (SparK: SyncBN).
         elementwise: extra per-position layer types of a custom encoder ("pkg.mod:Class").
         """
@@ -191,13 +199,17 @@ class SparK(nn.Module):
         mask_ratio: float = 0.6
         decoder_width: int = 768
         densify_norm: Literal["auto", "bn", "ln", "none"] = "auto"
-        backend: Literal["masked"] = "masked"
+        backend: Literal["masked", "gather", "spconv", "auto"] = "masked"
         sync_bn: bool = True
         elementwise: tuple[str, ...] = ()
 
         def __post_init__(self):
             if not 0.0 <= self.mask_ratio < 1.0:
                 raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+            if self.backend == "spconv":
+                raise ValueError(
+                    "task.backend=spconv is refused for training: its parameter gradients on a ResNet "
+                    "do not match the masked reference yet (forward does); use auto, gather or masked")
             if self.decoder_width < 1:
                 raise ValueError(f"decoder_width must be positive, got {self.decoder_width}")
 
@@ -211,7 +223,7 @@ class SparK(nn.Module):
             raise ConfigError(f"data.channels={data.channels} but the encoder takes {encoder.in_chans} "
                               f"channels; set encoder.in_chans={data.channels}")
         self.encoder = encoder
-        self.__dict__["sparse_encoder"] = SparseEncoder(encoder, sync_bn=cfg.sync_bn,
+        self.__dict__["sparse_encoder"] = SparseEncoder(encoder, sync_bn=cfg.sync_bn, backend=cfg.backend,
                                                         elementwise=resolve_types(cfg.elementwise))
         self.patch_size = p = self.sparse_encoder.patch_size
         self.grid_hw = self.sparse_encoder.grid((data.size, data.size))
@@ -222,6 +234,19 @@ class SparK(nn.Module):
         self.decoder = LightDecoder(p, cfg.decoder_width, encoder.in_chans)
         widths = [self.decoder.channels[k] for k in self._levels]
         self.densify = Densify(list(reversed(self.encoder.channels)), widths, self._densify_norm(), cfg.sync_bn)
+
+    # auto's per-layer choices travel in the checkpoint, so a resume does not measure again
+    def get_extra_state(self) -> dict:
+        return {"backend_choices": dict(self.sparse_encoder.backend_choices)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.sparse_encoder.backend_choices.update((state or {}).get("backend_choices", {}))
+        self.sparse_encoder._applied = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the backends carry no choices: load them as "none stored"
+        state_dict.setdefault(prefix + "_extra_state", {"backend_choices": {}})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_reductions(self):
         p = self.patch_size
