@@ -12,7 +12,7 @@ from convssl.config import to_dict
 from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig, build_encoder
 from convssl.errors import ConvsslError
-from convssl.export import ExportError, export_backbone
+from convssl.exports import ExportError, export_backbone
 from convssl.train import checkpoint
 
 
@@ -233,7 +233,7 @@ def test_onnx_runs_in_onnxruntime_like_the_original_model(tmp_path, capsys):
 
 
 def test_torchscript_of_an_encoder_that_needs_hooks(tmp_path):
-    from convssl.export import export_torchscript
+    from convssl.exports import export_torchscript
 
     import custom_nets
 

@@ -33,7 +33,8 @@ def test_patch_grid_features_are_the_mean_of_each_patch_encoded_alone():
         for stage, got in enumerate(feats.stages):
             quads = [x[:, :, i:i + 16, j:j + 16] for i in (0, 16) for j in (0, 16)]
             expected = torch.stack([F.adaptive_avg_pool2d(enc(q)[stage], 1).flatten(1) for q in quads]).mean(0)
-            torch.testing.assert_close(got.feats_ND, expected, rtol=1e-4, atol=1e-5)
+            # features are kept in float16 (relative rounding <= 2^-11)
+            torch.testing.assert_close(got.feats_ND.float(), expected, rtol=2e-3, atol=1e-3)
 
 
 def test_patches_smaller_than_the_encoder_takes_name_the_limit():

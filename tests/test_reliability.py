@@ -162,7 +162,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
 
 def test_export_cleans_stale_temps_and_refuses_non_finite_weights(tmp_path):
     from convssl.encoders import EncoderConfig, build_encoder
-    from convssl.export import ExportError, export_backbone
+    from convssl.exports import ExportError, export_backbone
 
     cfg = EncoderConfig(spec="custom_nets:small_convnet", input_size=16, in_chans=1)
     encoder = build_encoder(cfg)
@@ -184,7 +184,7 @@ def test_export_cleans_stale_temps_and_refuses_non_finite_weights(tmp_path):
         export_backbone(bad, tmp_path / "nan.pth", fmt="state_dict")
     assert not (tmp_path / "nan.pth").exists()
 
-    from convssl.export import export_torchscript
+    from convssl.exports import export_torchscript
 
     ts_stale = out / ".backbone.torchscript.pt.999999999.0123abcd.convssl-tmp"
     ts_stale.write_bytes(b"\0" * 1000)

@@ -60,6 +60,6 @@ def probe(checkpoint, train, val, out, **kwargs) -> dict:
 def export(checkpoint, out, format: str | None = "torchvision", safetensors: bool = False) -> dict:
     """Write the backbone of ``checkpoint`` in the original model's key space (verified by a
     strict load) plus a JSON sidecar; returns the sidecar."""
-    from convssl.export import export_backbone
+    from convssl.exports import export_backbone
 
     return export_backbone(checkpoint, out, fmt=format, safetensors=safetensors)

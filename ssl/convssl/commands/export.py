@@ -16,7 +16,7 @@ import sys
 
 
 def add_arguments(parser) -> None:
-    from convssl.export import DEPLOY_FORMATS, FORMATS
+    from convssl.exports import DEPLOY_FORMATS, FORMATS
 
     parser.add_argument("--ckpt", required=True, help="checkpoint file, or a run directory (its latest checkpoint)")
     parser.add_argument("--out", required=True, help="file to write (a folder: backbone.pth / .onnx / .torchscript.pt in it)")
@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from convssl.export import DEPLOY_FORMATS, ExportError, export_backbone
+    from convssl.exports import DEPLOY_FORMATS, ExportError, export_backbone
 
     if args.fmt in DEPLOY_FORMATS:
         return _deploy(args)
@@ -61,7 +61,7 @@ def run(args) -> int:
 
 def _deploy(args) -> int:
     from convssl.errors import ConfigError
-    from convssl.export import export_onnx, export_torchscript
+    from convssl.exports import export_onnx, export_torchscript
 
     if args.safetensors:
         raise ConfigError(f"--safetensors applies to weight exports, not --format {args.fmt}")

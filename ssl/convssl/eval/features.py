@@ -106,6 +106,8 @@ def check_patch_grid(encoder: Encoder, size: int, patch_grid: int) -> None:
     """An ``EncoderError`` when ``size // patch_grid`` is below the encoder's minimum input."""
     if patch_grid < 1:
         raise EncoderError(f"--patch-grid must be at least 1, not {patch_grid}")
+    if patch_grid == 1:
+        return  # whole images: the encoder's own input checks apply
     minimum = encoder.reductions[-1]
     if size // patch_grid < minimum:
         raise EncoderError(

@@ -12,6 +12,7 @@ gh/gw patch grid, N = gh*gw patches, h/w a stage's size; masks are bool, True = 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -236,16 +237,20 @@ class SparK(nn.Module):
         self.densify = Densify(list(reversed(self.encoder.channels)), widths, self._densify_norm(), cfg.sync_bn)
 
     # auto's per-layer choices travel in the checkpoint, so a resume does not measure again
-    def get_extra_state(self) -> dict:
-        return {"backend_choices": dict(self.sparse_encoder.backend_choices)}
+    def get_extra_state(self) -> torch.Tensor:
+        """``auto``'s per-layer choices, as UTF-8 JSON bytes in a uint8 tensor: a state_dict
+        stays all tensors (safe ``weights_only`` loading, finiteness checks, EMA copies)."""
+        doc = json.dumps({"backend_choices": dict(self.sparse_encoder.backend_choices)}, sort_keys=True)
+        return torch.tensor(list(doc.encode()), dtype=torch.uint8)
 
-    def set_extra_state(self, state: dict) -> None:
-        self.sparse_encoder.backend_choices.update((state or {}).get("backend_choices", {}))
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        doc = json.loads(bytes(state.tolist()).decode()) if torch.is_tensor(state) and state.numel() else {}
+        self.sparse_encoder.backend_choices.update(doc.get("backend_choices", {}))
         self.sparse_encoder._applied = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints from before the backends carry no choices: load them as "none stored"
-        state_dict.setdefault(prefix + "_extra_state", {"backend_choices": {}})
+        state_dict.setdefault(prefix + "_extra_state", torch.zeros(0, dtype=torch.uint8))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_reductions(self):

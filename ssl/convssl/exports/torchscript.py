@@ -15,7 +15,7 @@ import torch
 
 from convssl.atomic import write_atomic
 from convssl.errors import ConvsslError
-from convssl.export.deployable import example_input, load_deployable, max_abs_differences, resolve_out, write_sidecar
+from convssl.exports.deployable import example_input, load_deployable, max_abs_differences, resolve_out, write_sidecar
 
 
 def export_torchscript(ckpt_path: str | Path, out_path: str | Path) -> dict:

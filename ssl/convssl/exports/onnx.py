@@ -13,7 +13,7 @@ import torch
 
 from convssl.atomic import write_atomic
 from convssl.errors import ConvsslError
-from convssl.export.deployable import (example_input, load_deployable, max_abs_differences, output_names,
+from convssl.exports.deployable import (example_input, load_deployable, max_abs_differences, output_names,
                                        resolve_out, write_sidecar)
 
 _HINT = "pip install 'convssl[onnx]' (or pip install onnx onnxscript onnxruntime)"
