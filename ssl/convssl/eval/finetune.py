@@ -50,7 +50,7 @@ from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import warmup_cosine
 from convssl.train.interrupt import StopRequest
-from convssl.train.state import rng_state, seed_all, set_rng_state
+from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
 from convssl.workers import stop_workers
 
 FORMAT = "convssl-finetune/1"
@@ -368,11 +368,7 @@ def _label_subset(train: str, labels_dir: Path, cfg: FinetuneConfig, info) -> di
 
 
 def _save(model, optimizer, scaler, step, cfg, run, history, source, ckpt_dir, info) -> Path:
-    rng = rng_state()
-    if info.enabled:
-        gathered = [None] * info.world_size
-        tdist.all_gather_object(gathered, rng)
-        rng = gathered
+    rng = all_ranks_rng_state(info)
     path = ckpt_io.step_path(ckpt_dir, step)
     if info.is_main:
         ckpt_io.save_atomic({

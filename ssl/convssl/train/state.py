@@ -23,6 +23,19 @@ def rng_state() -> dict:
     return state
 
 
+def all_ranks_rng_state(info) -> dict | list[dict]:
+    """This process's ``rng_state()``, or every rank's (a list) when distributed: what a
+    checkpoint stores so each rank resumes its own random streams."""
+    state = rng_state()
+    if not info.enabled:
+        return state
+    import torch.distributed as tdist
+
+    gathered = [None] * info.world_size
+    tdist.all_gather_object(gathered, state)
+    return gathered
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]

@@ -33,7 +33,7 @@ from convssl.train.optim import build_optimizer
 from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import cosine, warmup_cosine
-from convssl.train.state import rng_state, seed_all, set_rng_state
+from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
 from convssl.workers import stop_workers
 from convssl.writable import ensure_writable_dir
 
@@ -310,11 +310,7 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
             + (f"The last good checkpoint is {last}; " if last else "")
             + "lower optim.lr_per_256, set optim.clip_grad (e.g. 3.0) or use train.precision=fp32, then "
             + ("--resume" if last else "start again"))
-    rng = rng_state()
-    if info.enabled:
-        gathered = [None] * info.world_size
-        tdist.all_gather_object(gathered, rng)
-        rng = gathered
+    rng = all_ranks_rng_state(info)
     path = ckpt_io.step_path(ckpt_dir, step)
     if info.is_main:
         encoder = task.export_encoder()
