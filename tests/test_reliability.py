@@ -349,7 +349,8 @@ def test_feature_pass_stops_its_workers_when_the_encoder_fails():
 
 # ---- item 10: CI runs the peer-reference tests ------------------------------------------
 
-REFERENCE_LIBRARIES = ("spconv", "onnx", "onnxscript", "onnxruntime", "sklearn", "timm", "lightly", "safetensors")
+REFERENCE_LIBRARIES = ("spconv", "onnx", "onnxscript", "onnxruntime", "sklearn", "timm", "lightly", "safetensors",
+                       "matplotlib")
 
 
 def test_ci_and_readme_install_the_test_extra_with_the_same_command():
