@@ -50,6 +50,7 @@ from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import warmup_cosine
 from convssl.train.interrupt import StopRequest
+from convssl.train.precision import autocast_dtype
 from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
 from convssl.workers import stop_workers
 
@@ -169,7 +170,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     plan = make_plan(cfg, int(record["count"]), info.world_size)
     groups = layer_decay_groups(encoder, model.head, weight_decay=cfg.weight_decay, decay=cfg.layer_decay)
     optimizer = optimizer_for_groups(groups, cfg.optim(), plan.peak_lr)
-    amp_dtype = _amp_dtype(cfg.precision, dev)
+    amp_dtype = autocast_dtype(cfg.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
     step = 0
     if state is not None:
@@ -455,14 +456,6 @@ def _report(cfg, run, plan, final, history, record, seconds, dev) -> dict:
         "world_size": run["world_size"],
         "versions": _versions(),
     }
-
-
-def _amp_dtype(precision: str, dev: torch.device):
-    if precision == "fp32" or (precision == "auto" and dev.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _versions() -> dict:

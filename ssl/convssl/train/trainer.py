@@ -29,6 +29,7 @@ from convssl.registry import build_task
 from convssl.train import checkpoint as ckpt_io
 from convssl.train.finite import StepGuard, finite_step
 from convssl.train.interrupt import StopRequest
+from convssl.train.precision import autocast_dtype
 from convssl.train.optim import build_optimizer
 from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
@@ -102,7 +103,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         task.to(memory_format=torch.channels_last)
 
     optimizer = build_optimizer(task, recipe.optim, plan.peak_lr)
-    amp_dtype = _amp_dtype(recipe.train.precision, dev)
+    amp_dtype = autocast_dtype(recipe.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
     step = 0
     if state is not None:
@@ -446,14 +447,6 @@ def _to_device(batch: dict, dev: torch.device, channels_last: bool) -> dict:
             return [move(v) for v in x]
         return x
     return {k: move(v) for k, v in batch.items()}
-
-
-def _amp_dtype(precision: str, dev: torch.device):
-    if precision == "fp32" or (precision == "auto" and dev.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _write_config(run_dir: Path, recipe: Recipe, data: str, info, plan: Plan) -> None:
