@@ -48,16 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    reported: list[ConvsslError] = []
     try:
-        return int(args._module.run(args) or 0)
-    except ConvsslError as exc:
-        print(f"convssl {args._name}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        try:
+            return int(args._module.run(args) or 0)
+        except ConvsslError as exc:
+            _report(args._name, exc, reported)
+            return 2
+    except KeyboardInterrupt as interrupt:
+        # A Ctrl-C that lands while a ConvsslError is on its way out (typically the
+        # "interrupted at step N; checkpoint saved" of a stop that was already under way)
+        # must not replace that message: the checkpoint is written, the user needs the hint.
+        if isinstance(interrupt.__context__, ConvsslError):
+            _report(args._name, interrupt.__context__, reported)
+            return 2
         print(f"convssl {args._name}: interrupted", file=sys.stderr)
         return 130
     finally:
         _kill_leftover_workers()
+
+
+def _report(name: str, exc: ConvsslError, reported: list[ConvsslError]) -> None:
+    if exc not in reported:
+        reported.append(exc)
+        print(f"convssl {name}: error: {exc}", file=sys.stderr)
 
 
 def _kill_leftover_workers() -> None:
