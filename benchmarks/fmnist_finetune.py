@@ -2,7 +2,7 @@
 encoder against the same architecture from random init, at the same budget.
 
     convssl pretrain --recipe recipes/quickstart_rotation.yaml --data data/fmnist/unlabeled \
-        --out runs/ft_pre --max-steps 60
+        --out runs/ft_pre --max-steps 60 --set encoder.small_input=true --set data.size=32
     python benchmarks/fmnist_finetune.py --ckpt runs/ft_pre --out runs/fmnist_finetune
 
 Each (fraction, init) is one `convssl finetune` run; ``--jobs`` runs that many at once.

@@ -72,11 +72,12 @@ def test_quickstart_end_to_end_then_export(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "ssl"), str(ROOT / "tests")])}
     out = tmp_path / "qs"
-    # 40 steps x 32 images: enough rotation pretraining to beat random init (seen: 85.2 vs
-    # 82.6 best stage on the 1000-image test split), small enough for the default suite
+    # 40 steps x 32 images: enough rotation pretraining to beat random init (seen: 83.4 vs
+    # 82.2 best stage on test::holdout), small enough for the default suite; probed on the
+    # 1000 images of test/ only, to keep the suite fast
     cmd = [sys.executable, "-m", "convssl", "quickstart", "--out", str(out), "--max-steps", "40",
            "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
-           "--set", "data.batch_size=32"]
+           "--set", "data.batch_size=32", "--val", str(ROOT / "data" / "fmnist" / "test")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "quickstart.json").read_text())

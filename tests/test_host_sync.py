@@ -27,10 +27,8 @@ UNLABELED = str(REPO / "data" / "fmnist" / "unlabeled")
 SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
          "moco": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 64, "bn_groups": 2},
          "rotation": {"hidden": 64}}
-# Tasks whose step still syncs, with the reason (owned elsewhere): xfail, not skipped.
-KNOWN_SYNCS: dict[str, str] = {
-    "spark": "6 scalar reads per step in the sparse BatchNorm and masking (convssl/sparse, changed separately)",
-}
+# Tasks whose step still syncs, with the reason: xfail, not skipped (none left).
+KNOWN_SYNCS: dict[str, str] = {}
 
 
 class ScalarReads(TorchDispatchMode):

@@ -108,7 +108,7 @@ def test_masked_pixels_change_no_prediction_and_no_other_loss_term(name):
 
     def terms(im):
         torch.manual_seed(0)  # same stochastic depth / dropout draws
-        x, m = task._inputs({"img": [im], "mask": mask})
+        x, m, _ = task._inputs({"img": [im], "mask": mask})
         with torch.no_grad():
             pred = task.reconstruct(x, m)
         return pred, masked_patch_loss(pred, x, m, p)[1]

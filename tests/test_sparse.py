@@ -340,3 +340,32 @@ def test_timm_style_drop_path_passes_through_by_name():
     assert _passes_through(DropPath(), ())
     Other = type("DropPath", (torch.nn.Module,), {"__module__": "someone.else"})
     assert not _passes_through(Other(), ())
+
+
+def test_known_visible_count_finds_the_same_sites_as_nonzero_and_the_same_features():
+    """SparK's own masks keep the same number of patches per image, so the visible sites
+    come from ``nonzero_static`` (no host sync): the same positions in the same order as
+    ``nonzero``, hence bit-identical stage maps and BatchNorm statistics."""
+    from convssl.sparse.mask import upsample_mask, visible_count, visible_sites
+
+    g = torch.Generator().manual_seed(3)
+    mask = random_patch_mask(5, (4, 4), 0.6, generator=g)
+    keep = visible_count(16, 0.6)
+    for f in (1, 2, 8):
+        m = upsample_mask(mask, (4 * f, 4 * f))[:, 0]
+        for a, b in zip(visible_sites(m, 5 * keep * f * f), m.nonzero(as_tuple=True)):
+            assert torch.equal(a, b)
+
+    torch.manual_seed(0)
+    sparse = SparseEncoder(build_encoder("torchvision:resnet18", small_input=True, in_chans=1, input_size=32)).train()
+    x = torch.randn(5, 1, 32, 32)
+    running = {n: b.clone() for n, b in sparse.named_buffers()}
+    out_known = sparse(x, mask, keep)
+    after_known = {n: b.clone() for n, b in sparse.named_buffers()}
+    for n, b in sparse.named_buffers():
+        b.copy_(running[n])
+    out_unknown = sparse(x, mask)
+    for a, b in zip(out_known, out_unknown):
+        assert torch.equal(a, b)
+    for n, b in sparse.named_buffers():
+        assert torch.equal(after_known[n], b), n

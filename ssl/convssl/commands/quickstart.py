@@ -23,7 +23,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", default=_default("recipes/quickstart_rotation.yaml"),
                         help="recipe to pretrain with (default: recipes/quickstart_rotation.yaml)")
     parser.add_argument("--data", default=_default("data/fmnist"),
-                        help="folder holding unlabeled/, train/ and test/ shards (default: data/fmnist)")
+                        help="folder holding unlabeled/, train/, test/ and holdout/ shards (default: data/fmnist)")
+    parser.add_argument("--val", default=None,
+                        help="held-out labeled shards to probe on (default: DATA/test::DATA/holdout, "
+                             "3000 images; DATA/test alone when there is no holdout/)")
     parser.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's length")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -50,19 +53,21 @@ def run(args) -> int:
 
     d = recipe.data
     common = dict(size=d.size, channels=d.channels, mean=d.mean, std=d.std)
-    print("[2/3] linear probe of the pretrained encoder")
+    val = args.val or "::".join(str(data / s) for s in ("test", "holdout") if (data / s).exists())
+    print(f"[2/3] linear probe of the pretrained encoder (train {data / 'train'}, held out {val})")
     encoder, _ = ckpt_io.load_encoder(summary["checkpoint"])
-    trained = probe(encoder, str(data / "train"), str(data / "test"), out_dir=out / "probe", **common)
+    trained = probe(encoder, str(data / "train"), val, out_dir=out / "probe", **common)
     print("[3/3] linear probe of the same encoder at random init (the baseline)")
     seed_all(recipe.train.seed)
-    baseline = probe(build_encoder(recipe.encoder), str(data / "train"), str(data / "test"),
+    baseline = probe(build_encoder(recipe.encoder), str(data / "train"), val,
                      out_dir=out / "probe_random_init", **common)
 
     rows = _table(trained, baseline)
     text = "\n".join([
         f"# convssl quickstart: {recipe.task['name']} on {recipe.encoder.spec}",
         f"pretraining: {summary['steps']} steps x {d.batch_size} images, {t_train:.0f} s, "
-        f"{summary['img_per_s']:.1f} img/s; total {time.perf_counter() - t0:.0f} s",
+        f"{summary['img_per_s']:.1f} img/s; total {time.perf_counter() - t0:.0f} s; "
+        f"probed on {trained['counts']['val']} held-out images",
         "",
         "| stage | linear top-1 pretrained | linear top-1 random init | kNN@20 pretrained | kNN@20 random init |",
         "|---|---|---|---|---|",

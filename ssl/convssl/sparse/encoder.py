@@ -68,7 +68,10 @@ class SparseEncoder(Encoder):
         """Patch grid for an input size (clear errors for sizes SparK cannot take)."""
         return patch_grid(tuple(input_hw), self.patch_size)
 
-    def forward(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor,
+                visible_per_image: int | None = None) -> list[torch.Tensor]:
+        """Stage maps of the masked input. ``visible_per_image``: the visible patches every
+        image of ``mask_B1hw`` has, when known (then no host-device sync; see ``MaskContext.use``)."""
         self.check_input(x_BCHW)
         grid = self.grid(x_BCHW.shape[-2:])
         if tuple(mask_B1hw.shape) != (x_BCHW.shape[0], 1, *grid):
@@ -78,7 +81,7 @@ class SparseEncoder(Encoder):
             )
         self._check_same_layers()
         self.view.follow_modes()
-        with self.ctx.use(mask_B1hw):
+        with self.ctx.use(mask_B1hw, visible_per_image):
             x = self.ctx.apply(x_BCHW, where="input")
             if self.backend == "auto":
                 self._auto_choose(x, mask_B1hw)

@@ -66,6 +66,15 @@ def random_patch_mask(batch_size: int, grid_hw: tuple[int, int], mask_ratio: flo
     return mask_BN.view(batch_size, 1, *grid_hw)
 
 
+def visible_sites(mask_Bhw: torch.Tensor, count: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``mask_Bhw.nonzero(as_tuple=True)``: the True positions in row-major order. With their
+    ``count`` known, ``nonzero_static`` finds the same positions without the host-device
+    sync ``nonzero`` needs to size its output (a wrong count would pad or cut them)."""
+    if count is None:
+        return mask_Bhw.nonzero(as_tuple=True)
+    return torch.nonzero_static(mask_Bhw, size=count).unbind(1)
+
+
 def upsample_mask(mask_B1hw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling of a patch mask to a map of size ``hw`` (a multiple of the grid)."""
     gh, gw = mask_B1hw.shape[-2:]
@@ -91,6 +100,7 @@ class MaskContext:
 
     def __init__(self):
         self.mask_B1hw: torch.Tensor | None = None
+        self.visible_per_image: int | None = None
         self._cache: dict = {}
 
     @property
@@ -98,17 +108,23 @@ class MaskContext:
         return self.mask_B1hw is not None
 
     @contextmanager
-    def use(self, mask_B1hw: torch.Tensor):
+    def use(self, mask_B1hw: torch.Tensor, visible_per_image: int | None = None):
+        """``visible_per_image``: the number of visible patches every image of the mask has,
+        when the caller knows it (SparK's own masks: ``visible_count``). The visible sites
+        are then found with ``nonzero_static``, whose output size is known without reading
+        the mask back: no host-device sync. Otherwise each scale costs one ``nonzero``."""
         if self.mask_B1hw is not None:
             raise RuntimeError("MaskContext is already in use: a sparse encoder's forward was re-entered")
         if mask_B1hw.dim() != 4 or mask_B1hw.shape[1] != 1:
             raise EncoderError(f"mask must be [B, 1, gh, gw], got shape {tuple(mask_B1hw.shape)}")
         self.mask_B1hw = mask_B1hw.bool()
+        self.visible_per_image = visible_per_image
         self._cache = {}
         try:
             yield self
         finally:
             self.mask_B1hw = None
+            self.visible_per_image = None
             self._cache = {}
 
     def at(self, hw: tuple[int, int], dtype: torch.dtype = torch.bool, where=None) -> torch.Tensor | None:
@@ -134,11 +150,18 @@ class MaskContext:
 
     def sites(self, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Visible positions of a map of size ``hw``: (b, y, x) index tensors, row-major order
-        (one ``nonzero`` per scale and forward, shared by every layer at that scale)."""
+        (found once per scale and forward, shared by every layer at that scale)."""
         key = ("sites", tuple(hw))
         if key not in self._cache:
-            self._cache[key] = self.at(hw, torch.bool)[:, 0].nonzero(as_tuple=True)
+            self._cache[key] = visible_sites(self.at(hw, torch.bool)[:, 0], self._sites_per_map(hw))
         return self._cache[key]
+
+    def _sites_per_map(self, hw: tuple[int, int]) -> int | None:
+        """How many visible positions a map of size ``hw`` has in all, when that is known."""
+        if self.visible_per_image is None:
+            return None
+        gh, gw = self.mask_B1hw.shape[-2:]
+        return self.mask_B1hw.shape[0] * self.visible_per_image * (hw[0] // gh) * (hw[1] // gw)
 
     def memo(self, key, make):
         """A per-forward cache for derived index structures (``make()`` runs once per forward)."""

@@ -29,6 +29,7 @@ from convssl.data.views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, EncoderError
 from convssl.sparse import SparseEncoder, random_patch_mask, sparse_batch_norm, upsample_mask
+from convssl.sparse.mask import visible_count, visible_sites
 from convssl.sparse.convert import resolve_types
 from convssl.sparse.norm import compute_dtype
 
@@ -72,7 +73,7 @@ class _SyncedBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_enabled()):
             return super().forward(x)
         ones = torch.ones(x.shape[0], 1, *x.shape[-2:], dtype=torch.bool, device=x.device)
-        return sparse_batch_norm(self, x, ones, sync=True)
+        return sparse_batch_norm(self, x, ones, sync=True, sites=visible_sites(ones[:, 0], ones.numel()))
 
 
 class UpBlock(nn.Module):
@@ -146,12 +147,17 @@ class Densify(nn.Module):
             k = 1 if i == 0 else 3
             self.projs.append(nn.Identity() if i == 0 and c == w else nn.Conv2d(c, w, k, padding=k // 2))
 
-    def forward(self, feats: list[torch.Tensor], mask_B1hw: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor], mask_B1hw: torch.Tensor,
+                visible_per_image: int | None = None) -> list[torch.Tensor]:
+        """``visible_per_image``: every image's visible patch count, when known (no host sync)."""
         out = []
+        (B, _, gh, gw) = mask_B1hw.shape
         for f, norm, token, proj in zip(feats, self.norms, self.tokens, self.projs):
             m = upsample_mask(mask_B1hw, f.shape[-2:])
             if self.norm_kind == "bn":
-                f = sparse_batch_norm(norm, f, m, sync=self.sync_bn)
+                count = (None if visible_per_image is None else
+                         B * visible_per_image * (f.shape[-2] // gh) * (f.shape[-1] // gw))
+                f = sparse_batch_norm(norm, f, m, sync=self.sync_bn, sites=visible_sites(m[:, 0], count))
             elif self.norm_kind == "ln":  # per position over channels: visible ones are unaffected by masked
                 f = norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             f = torch.where(m, f, token.to(f.dtype))
@@ -276,20 +282,24 @@ class SparK(nn.Module):
         """Random bool mask [B, 1, gh, gw]: per image, round(N * (1 - ratio)) visible patches."""
         return random_patch_mask(batch_size, self.grid_hw, self.cfg.mask_ratio, device=device, generator=generator)
 
-    def reconstruct(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> torch.Tensor:
-        """Prediction [B, C, H, W] (per-patch normalised pixel space) from a normalised input."""
+    def reconstruct(self, x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor,
+                    visible_per_image: int | None = None) -> torch.Tensor:
+        """Prediction [B, C, H, W] (per-patch normalised pixel space) from a normalised input.
+        ``visible_per_image``: every image's visible patch count, when known (no host sync)."""
         x_masked = x_BCHW * upsample_mask(mask_B1hw, x_BCHW.shape[-2:]).to(x_BCHW.dtype)
-        feats = self.sparse_encoder(x_masked, mask_B1hw)  # fine to coarse, masked positions 0
-        dense = self.densify(list(reversed(feats)), mask_B1hw)
+        feats = self.sparse_encoder(x_masked, mask_B1hw, visible_per_image)  # fine to coarse, masked positions 0
+        dense = self.densify(list(reversed(feats)), mask_B1hw, visible_per_image)
         return self.decoder(dict(zip(self._levels, dense)))
 
-    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """(normalised input, mask, visible patches per image when the mask is our own)."""
         x = normalize(batch["img"][0], self.data.mean, self.data.std)
         grid = self.sparse_encoder.grid(x.shape[-2:])
-        mask = batch.get("mask")
+        mask, visible = batch.get("mask"), None
         if mask is None:
             mask = random_patch_mask(x.shape[0], grid, self.cfg.mask_ratio, device=x.device)
-        return x, mask.to(x.device).bool()
+            visible = visible_count(grid[0] * grid[1], self.cfg.mask_ratio)
+        return x, mask.to(x.device).bool(), visible
 
     # ---- task contract ------------------------------------------------------------------
     def loader_transform(self):
@@ -302,8 +312,8 @@ class SparK(nn.Module):
         return self.encoder
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        x, mask = self._inputs(batch)
-        pred = self.reconstruct(x, mask)
+        x, mask, visible = self._inputs(batch)
+        pred = self.reconstruct(x, mask, visible)
         loss, _ = masked_patch_loss(pred, x, mask, self.patch_size)
         return {"loss": loss}
 
@@ -322,8 +332,8 @@ class SparK(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            x, mask = self._inputs({"img": [img], "mask": mask})
-            pred = self.reconstruct(x, mask)
+            x, mask, visible = self._inputs({"img": [img], "mask": mask})
+            pred = self.reconstruct(x, mask, visible)
         finally:
             self.train(was_training)
 

@@ -41,7 +41,7 @@ def _geometry(layer, hw_in, hw_out, grid):
 
 def _visible_blocks(ctx):
     """(b, gy, gx) of the visible patches, once per forward."""
-    return ctx.memo("gather_blocks", lambda: ctx.mask_B1hw[:, 0].nonzero(as_tuple=True))
+    return ctx.sites(tuple(ctx.mask_B1hw.shape[-2:]))  # the patch grid's visible blocks
 
 
 def _tiled(op, fill: float):
