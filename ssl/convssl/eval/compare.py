@@ -204,6 +204,8 @@ def plot_all(runs: list[RunSummary], out: Path) -> list[Path]:
             stages = r.probe["stages"]
             ax.plot(range(1, len(stages) + 1), [100 * s["linear_top1"] for s in stages], marker="o", label=r.name)
         ax.set(xlabel="stage", ylabel="linear top-1 (%)", title="probe per stage")
+        deepest = max(probed, key=lambda r: len(r.probe["stages"])).probe["stages"]
+        ax.set_xticks(range(1, len(deepest) + 1), [f"{i}\n{s['name']}" for i, s in enumerate(deepest, 1)])
         ax.legend(fontsize=8)
         save(fig, "probe_stages.png")
 
