@@ -53,7 +53,7 @@ def run(args) -> int:
 
     d = recipe.data
     common = dict(size=d.size, channels=d.channels, mean=d.mean, std=d.std)
-    val = args.val or "::".join(str(data / s) for s in ("test", "holdout") if (data / s).exists())
+    val = args.val or "::".join(str(data / s) for s in ("test", "holdout") if (data / s).exists()) or str(data / "test")
     print(f"[2/3] linear probe of the pretrained encoder (train {data / 'train'}, held out {val})")
     encoder, _ = ckpt_io.load_encoder(summary["checkpoint"])
     trained = probe(encoder, str(data / "train"), val, out_dir=out / "probe", **common)
