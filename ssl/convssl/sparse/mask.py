@@ -75,6 +75,15 @@ def visible_sites(mask_Bhw: torch.Tensor, count: int | None = None) -> tuple[tor
     return torch.nonzero_static(mask_Bhw, size=count).unbind(1)
 
 
+def visible_site_count(mask_B1hw: torch.Tensor, visible_per_image: int | None, hw: tuple[int, int]) -> int | None:
+    """Visible positions in all of a map of size ``hw`` (a multiple of the mask's grid) when
+    every image keeps ``visible_per_image`` patches; ``None`` when that is not known."""
+    if visible_per_image is None:
+        return None
+    gh, gw = mask_B1hw.shape[-2:]
+    return mask_B1hw.shape[0] * visible_per_image * (hw[0] // gh) * (hw[1] // gw)
+
+
 def upsample_mask(mask_B1hw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling of a patch mask to a map of size ``hw`` (a multiple of the grid)."""
     gh, gw = mask_B1hw.shape[-2:]
@@ -153,15 +162,9 @@ class MaskContext:
         (found once per scale and forward, shared by every layer at that scale)."""
         key = ("sites", tuple(hw))
         if key not in self._cache:
-            self._cache[key] = visible_sites(self.at(hw, torch.bool)[:, 0], self._sites_per_map(hw))
+            count = visible_site_count(self.mask_B1hw, self.visible_per_image, hw)
+            self._cache[key] = visible_sites(self.at(hw, torch.bool)[:, 0], count)
         return self._cache[key]
-
-    def _sites_per_map(self, hw: tuple[int, int]) -> int | None:
-        """How many visible positions a map of size ``hw`` has in all, when that is known."""
-        if self.visible_per_image is None:
-            return None
-        gh, gw = self.mask_B1hw.shape[-2:]
-        return self.mask_B1hw.shape[0] * self.visible_per_image * (hw[0] // gh) * (hw[1] // gw)
 
     def memo(self, key, make):
         """A per-forward cache for derived index structures (``make()`` runs once per forward)."""

@@ -37,6 +37,7 @@ from convssl.data.grid import GridGeometry, check_patch_fits, cut_patches, grid_
 from convssl.data.normalize import normalize
 from convssl.data.patch_shortcuts import down_up_sample, drop_colours, grayscale, normalize_per_patch
 from convssl.errors import ConfigError
+from convssl.losses.classification import cross_entropy_with_accuracy
 
 CENTRE = 4
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)  # grid cell of label k, reading order without the centre
@@ -116,9 +117,7 @@ class ContextPrediction(nn.Module):
         pairs_MD = rearrange(torch.cat([centre_BKD, z_BnD[:, 1:]], dim=-1), "b k d -> (b k) d")
         y_M = batch["label"].reshape(-1).to(pairs_MD.device)
         logits = self.head(pairs_MD)
-        loss = F.cross_entropy(logits.float(), y_M)
-        acc = (logits.argmax(1) == y_M).float().mean()
-        return {"loss": loss, "acc": acc.detach()}
+        return cross_entropy_with_accuracy(logits, y_M)
 
     def after_step(self, step: int, total_steps: int) -> None:
         pass

@@ -30,6 +30,7 @@ from convssl.data.grid import GridGeometry, check_patch_fits, cut_patches, grid_
 from convssl.data.normalize import normalize
 from convssl.data.patch_shortcuts import grayscale, normalize_per_patch
 from convssl.errors import ConfigError
+from convssl.losses.classification import cross_entropy_with_accuracy
 
 
 def hamming_permutations(count: int, items: int = 9, seed: int = 0) -> torch.Tensor:
@@ -161,9 +162,7 @@ class Jigsaw(nn.Module):
         z_ND = self.fc6(F.adaptive_avg_pool2d(self.encoder(x_NCPP)[-1], 1).flatten(1))
         logits = self.head(rearrange(z_ND, "(b t) d -> b (t d)", b=B))
         y_B = batch["label"].to(logits.device)
-        loss = F.cross_entropy(logits.float(), y_B)
-        acc = (logits.argmax(1) == y_B).float().mean()
-        return {"loss": loss, "acc": acc.detach()}
+        return cross_entropy_with_accuracy(logits, y_B)
 
     def after_step(self, step: int, total_steps: int) -> None:
         pass

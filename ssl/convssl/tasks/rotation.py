@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from convssl.data.normalize import normalize
 from convssl.data.views import crop_views
 from convssl.heads.classifier import classifier_head
+from convssl.losses.classification import cross_entropy_with_accuracy
 
 
 def rotate_all(x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +61,7 @@ class RotationPrediction(nn.Module):
         x_4BCHW, y_4B = rotate_all(x_BCHW)
         feats = self.encoder(x_4BCHW)
         logits = self.head(F.adaptive_avg_pool2d(feats[-1], 1).flatten(1))
-        loss = F.cross_entropy(logits.float(), y_4B)
-        acc = (logits.argmax(1) == y_4B).float().mean()
-        return {"loss": loss, "acc": acc.detach()}
+        return cross_entropy_with_accuracy(logits, y_4B)
 
     def after_step(self, step: int, total_steps: int) -> None:
         pass

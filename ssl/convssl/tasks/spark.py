@@ -29,7 +29,7 @@ from convssl.data.views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, EncoderError
 from convssl.sparse import SparseEncoder, random_patch_mask, sparse_batch_norm, upsample_mask
-from convssl.sparse.mask import visible_count, visible_sites
+from convssl.sparse.mask import visible_count, visible_site_count, visible_sites
 from convssl.sparse.convert import resolve_types
 from convssl.sparse.norm import compute_dtype
 
@@ -151,12 +151,10 @@ class Densify(nn.Module):
                 visible_per_image: int | None = None) -> list[torch.Tensor]:
         """``visible_per_image``: every image's visible patch count, when known (no host sync)."""
         out = []
-        (B, _, gh, gw) = mask_B1hw.shape
         for f, norm, token, proj in zip(feats, self.norms, self.tokens, self.projs):
             m = upsample_mask(mask_B1hw, f.shape[-2:])
             if self.norm_kind == "bn":
-                count = (None if visible_per_image is None else
-                         B * visible_per_image * (f.shape[-2] // gh) * (f.shape[-1] // gw))
+                count = visible_site_count(mask_B1hw, visible_per_image, f.shape[-2:])
                 f = sparse_batch_norm(norm, f, m, sync=self.sync_bn, sites=visible_sites(m[:, 0], count))
             elif self.norm_kind == "ln":  # per position over channels: visible ones are unaffected by masked
                 f = norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
