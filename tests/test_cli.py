@@ -65,6 +65,19 @@ def test_every_bundled_recipe_is_valid():
         assert recipe.encoder.input_size == recipe.data.size, path.name
 
 
+def test_quickstart_with_a_wrong_probe_path_fails_before_pretraining(tmp_path):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "ssl")}
+    out = tmp_path / "qs"
+    done = subprocess.run([sys.executable, "-m", "convssl", "quickstart", "--out", str(out), "--val",
+                           str(tmp_path / "missing")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "missing" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()  # nothing trained, nothing written
+
+
 def test_quickstart_end_to_end_then_export(tmp_path):
     """pretrain -> checkpoint -> probe (pretrained and random init) -> export, via the CLI."""
     import json

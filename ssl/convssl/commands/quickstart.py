@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from convssl.data.urls import resolve_shards
     from convssl.encoders import build_encoder
     from convssl.eval.probe import probe
     from convssl.recipe import load_recipe
@@ -44,6 +45,9 @@ def run(args) -> int:
     data, out = Path(args.data), Path(args.out)
     overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
     recipe = load_recipe(args.recipe, overrides)
+    val = args.val or "::".join(str(data / s) for s in ("test", "holdout") if (data / s).exists()) or str(data / "test")
+    for spec in (str(data / "train"), val):  # a wrong probe path fails now, not after the pretraining
+        resolve_shards(spec)
     resume = ckpt_io.latest(out / "checkpoints") is not None
     t0 = time.perf_counter()
     print(f"[1/3] pretraining {recipe.task['name']} on {data / 'unlabeled'} -> {out}"
@@ -53,7 +57,6 @@ def run(args) -> int:
 
     d = recipe.data
     common = dict(size=d.size, channels=d.channels, mean=d.mean, std=d.std)
-    val = args.val or "::".join(str(data / s) for s in ("test", "holdout") if (data / s).exists()) or str(data / "test")
     print(f"[2/3] linear probe of the pretrained encoder (train {data / 'train'}, held out {val})")
     encoder, _ = ckpt_io.load_encoder(summary["checkpoint"])
     trained = probe(encoder, str(data / "train"), val, out_dir=out / "probe", **common)
