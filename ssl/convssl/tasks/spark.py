@@ -193,10 +193,9 @@ class SparK(nn.Module):
             "none", or "auto" (LN if the encoder has LayerNorm and no BatchNorm, else BN).
         backend: sparse execution of the encoder's conv/pool layers (``convssl.sparse.backends``):
             "masked" = dense ops times the mask (SparK's own, the reference), "gather" =
-            block-sparse tiles (SBNet), "auto" = per layer the fastest of masked and gather,
-            timed at start-up; they compute the same function, so a checkpoint resumes under
-            any of them. "spconv" (sparse convolution) is refused here for now: its
-            whole-network gradients do not match masked yet (see the README).
+            block-sparse tiles (SBNet), "spconv" = sparse convolution (the ``spconv``
+            package), "auto" = per layer the fastest of them, timed at start-up; they
+            compute the same function, so a checkpoint resumes under any of them.
         sync_bn: sparse BatchNorm statistics over all ranks when distributed (SparK: SyncBN).
         elementwise: extra per-position layer types of a custom encoder ("pkg.mod:Class").
         """
@@ -211,10 +210,6 @@ class SparK(nn.Module):
         def __post_init__(self):
             if not 0.0 <= self.mask_ratio < 1.0:
                 raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-            if self.backend == "spconv":
-                raise ValueError(
-                    "task.backend=spconv is refused for training: its parameter gradients on a ResNet "
-                    "do not match the masked reference yet (forward does); use auto, gather or masked")
             if self.decoder_width < 1:
                 raise ValueError(f"decoder_width must be positive, got {self.decoder_width}")
 
