@@ -1,16 +1,17 @@
 """Encoder forward+backward time and peak memory per sparse backend, per stage and in total.
 
 For each encoder and mask ratio (0.4, 0.6, 0.75, 0.9): the sparse encoder's forward and
-backward (a random projection of every stage map as the loss) under ``masked``, ``gather``,
-``spconv`` (when installed; forward+backward of its layers, not used by SparK for training,
-see the README) and ``auto``, the backends taking turns each round so machine load hits them
-alike; per layer, ``auto``'s choice table (its timed trial of each backend on that layer's
-real input) gives the split. With --spark, the whole SparK step (forward, backward, AdamW)
-with ``auto`` against ``masked``. Memory: only the process's peak RSS (per-backend peak
-memory is not separated yet).
+backward (the mean of every stage map as the loss) under ``masked``, ``gather``, ``spconv``
+(when installed) and ``auto``, the backends taking turns each round so machine load hits
+them alike, and each backend's peak memory during one step (see ``step_memory_mb``). Per stage: ``auto``'s timed trial of every backend on each layer's real
+input, summed over the layers a backend can run, against masked on the same layers, and
+how many of the stage's layers ``auto`` gave it; the full per-layer choice table follows.
+With --spark, the whole SparK step (forward, backward, AdamW) with ``auto`` against
+``masked``.
 
 Run:  PYTHONPATH=ssl nice python benchmarks/sparse_backends.py [--threads 2] [--steps 3]
         [--cases resnet18_small,resnet50] [--ratios 0.4,0.6,0.75,0.9] [--batch 8]
+        [--backends masked,gather,spconv,auto]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 
 import torch
 
+from convssl.bench.step import peak_memory, reset_peak_memory
 from convssl.encoders import build_encoder
 from convssl.sparse import SparseEncoder, random_patch_mask
 from convssl.sparse.backends import auto
@@ -49,6 +51,54 @@ def timed(fns: dict, steps: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def step_memory_mb(fn, device: torch.device) -> float:
+    """Peak memory one call of ``fn`` allocates above what was allocated before it, MB: CUDA's
+    peak allocated memory, or on CPU the peak of the running sum of the allocations and frees
+    the profiler records (torch's allocations only; a library's own buffers are not seen)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        reset_peak_memory(device)
+        fn()
+        return (peak_memory(device) - base) / 2**20
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    now = peak = 0
+    for _, nbytes in events:
+        now += nbytes
+        peak = max(peak, now)
+    return peak / 2**20
+
+
+def stage_of(path: str) -> str:
+    head = path.split(".")[0]
+    return head if head.startswith("layer") else "stem"
+
+
+def stage_table(rows: list[dict], names: list[str]) -> list[str]:
+    """Per stage: each backend's summed trial time / masked's on the same layers, and how
+    many of the stage's timed layers auto gave it."""
+    stages: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["ms"]:
+            stages.setdefault(stage_of(r["layer"]), []).append(r)
+    out = ["| stage | " + " | ".join(f"{n}/masked (chosen)" for n in names) + " |",
+           "|---|" + "---|" * len(names)]
+    for stage, rs in stages.items():
+        cells = []
+        for n in names:
+            run = [r for r in rs if n in r["ms"]]
+            if not run:
+                cells.append("-")
+                continue
+            ratio = sum(r["ms"][n] for r in run) / sum(r["ms"]["masked"] for r in run)
+            chosen = sum(r["choice"] == n for r in rs)
+            cells.append(f"{ratio:.2f} ({chosen} of {len(rs)})")
+        out.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return out
+
+
 def encoder_step(enc, x, mask):
     def run():
         feats = enc(x, mask)
@@ -63,11 +113,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--cases", default="resnet18_small,resnet50")
     ap.add_argument("--ratios", default="0.4,0.6,0.75,0.9")
-    ap.add_argument("--backends", default="masked,gather,auto")
+    ap.add_argument("--backends", default="masked,gather,spconv,auto")
     ap.add_argument("--spark", action="store_true", help="also the whole SparK step, auto vs masked")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.backends.split(",")
+    if "spconv" in names and "spconv" not in auto.available_candidates():
+        print("spconv is not installed (pip install 'convssl[spconv]'): left out")
+        names.remove("spconv")
     print(f"threads {args.threads}, batch {args.batch}, median of {args.steps}, fp32 CPU")
     for case in args.cases.split(","):
         kw = dict(CASES[case])
@@ -80,16 +133,27 @@ def main() -> None:
         print("| mask ratio | " + " | ".join(f"{n} ms" for n in names) + " | " +
               " | ".join(f"{n}/masked" for n in names[1:]) + " |")
         print("|---" * (1 + 2 * len(names) - 1) + "|")
+        details, memory = [], []
         for ratio in map(float, args.ratios.split(",")):
             mask = random_patch_mask(args.batch, grid, ratio, generator=torch.Generator().manual_seed(0))
-            t = timed({n: encoder_step(e, x, mask) for n, e in encs.items()}, args.steps)
+            steps = {n: encoder_step(e, x, mask) for n, e in encs.items()}
+            t = timed(steps, args.steps)
+            mem = {n: step_memory_mb(fn, x.device) for n, fn in steps.items()}
             print(f"| {ratio} | " + " | ".join(f"{t[n]:.0f}" for n in names) + " | " +
                   " | ".join(f"{t[n] / t['masked']:.2f}" for n in names[1:]) + " |")
+            memory.append(f"| {ratio} | " + " | ".join(f"{mem[n]:.0f}" for n in names) + " |")
             if "auto" in encs:
-                print("\n<details><summary>auto choices at ratio", ratio, "</summary>\n")
-                print(auto.format_table(encs["auto"].choice_table))
-                print("\n</details>\n")
+                rows = encs["auto"].choice_table
+                details += [f"\nPer stage at mask ratio {ratio} (auto's trial, forward + backward):\n",
+                            *stage_table(rows, [n for n in names if n not in ("masked", "auto")]),
+                            f"\n<details><summary>auto choices at ratio {ratio}</summary>\n",
+                            auto.format_table(rows), "\n</details>"]
                 encs["auto"].backend_choices.clear()  # measure again at the next ratio
+        print("\nPeak memory of one step, MB:\n")
+        print("| mask ratio | " + " | ".join(names) + " |")
+        print("|---" * (1 + len(names)) + "|")
+        print("\n".join(memory))
+        print("\n".join(details))
         print(f"peak RSS of the process: {_rss_mb():.0f} MB")
         if args.spark:
             tasks = {}

@@ -94,6 +94,25 @@ def test_backend_matches_masked(name, backend, two_threads):
         assert rel_err(a, r) < 1e-4
 
 
+@pytest.mark.parametrize("backend", ["gather", "spconv"])
+def test_backend_keeps_channels_last(backend, two_threads):
+    """The trainer runs channels-last: a backend's maps keep that layout (else every next
+    layer reorders its input) and still equal masked's."""
+    if backend == "spconv":
+        pytest.importorskip("spconv.pytorch", reason=SPCONV)
+    torch.manual_seed(0)
+    dense = Encoder(custom_convnet(), input_size=32).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    mask = random_patch_mask(4, SparseEncoder(dense).grid((32, 32)), 0.6, generator=torch.Generator().manual_seed(2))
+    ref_f, ref_g = forward_and_grads(dense, "masked", x, mask)
+    f, g = forward_and_grads(dense, backend, x, mask)
+    for a, r in zip(f, ref_f):
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        assert rel_err(a, r) < 1e-4
+    for a, r in zip(g, ref_g):
+        assert rel_err(a, r) < 1e-4
+
+
 def test_gather_runs_its_tiles_and_depthwise():
     """gather runs every conv/pool of the custom net itself (depthwise included): not the fallback."""
     enc = SparseEncoder(Encoder(custom_convnet(), input_size=32), backend="gather")

@@ -198,11 +198,11 @@ def measure(recipe, variant: Variant, device: torch.device, *, steps: int, warmu
     for i in range(warmup):
         one_step(i, None)
     flops = _count_flops(lambda: one_step(warmup, None, model))  # eager: the counter sees every op
-    _reset_peak_memory(device)
+    reset_peak_memory(device)
     times = dict.fromkeys(_SPLIT, 0.0)
     for i in range(steps):
         one_step(warmup + 1 + i, times)
-    peak = _peak_memory(device)
+    peak = peak_memory(device)
     return Measurement(images=batch_size, seconds={k: v / max(steps, 1) for k, v in times.items()}, flops=flops,
                        peak_bytes=peak)
 
@@ -313,7 +313,8 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, *, seconds: float = 1.
     return reps * 2 * n**3 / (time.perf_counter() - start)
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement (see ``peak_memory``)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
@@ -323,7 +324,9 @@ def _reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def _peak_memory(device: torch.device) -> int:
+def peak_memory(device: torch.device) -> int:
+    """Bytes: CUDA's peak allocated memory, or on CPU the process's peak resident set since
+    ``reset_peak_memory`` (the whole peak since start where ``clear_refs`` is not writable)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     try:

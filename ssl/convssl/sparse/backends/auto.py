@@ -2,8 +2,9 @@
 
 At the first forward of a new input shape, one forward in eval mode (no running-statistics
 update) records each conv/pool layer's real input; then each backend able to run the layer
-is timed on it (forward and backward: input and weight gradients, never accumulated into
-``.grad``), and kept only if its output matches the ``masked`` reference to 1e-4 relative.
+is kept only if its output matches the ``masked`` reference to 1e-4 relative, then timed on
+it against masked (forward and backward: input and weight gradients, never accumulated into
+``.grad``; the candidates take turns, the fastest of 3 rounds counts).
 The choices are cached per shape by the caller (``SparseEncoder.backend_choices``, saved in
 SparK's checkpoint), so a resumed run does not measure again.
 """
@@ -36,20 +37,25 @@ def available_candidates() -> list[str]:
     return out
 
 
-def _timed(kernel, layer, x, m_in, m_out, ctx, grad_y, reps):
+def _run(kernel, layer, x, m_in, m_out, ctx, grad_y) -> tuple[float, torch.Tensor]:
+    """Seconds for one forward + backward (input and weight gradients) of ``kernel``, and its output."""
     params = [p for p in layer.parameters() if p.requires_grad]
-    best, y = float("inf"), None
-    for _ in range(reps + 1):  # the first run warms up
-        start = time.perf_counter()
-        xi = x.detach().requires_grad_()
-        y = kernel(layer, xi, m_in, m_out, ctx)
-        torch.autograd.grad(y, [xi, *params], grad_y if grad_y is not None else torch.ones_like(y))
-        best = min(best, time.perf_counter() - start) if _ else best
-    return best, y.detach()
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # GPU kernels run asynchronously
+    sync()
+    start = time.perf_counter()
+    xi = x.detach().requires_grad_()
+    y = kernel(layer, xi, m_in, m_out, ctx)
+    torch.autograd.grad(y, [xi, *params], grad_y)
+    sync()
+    return time.perf_counter() - start, y.detach()
 
 
-def choose(inputs: dict[str, torch.Tensor], layers: dict, ctx, *, reps: int = 2) -> tuple[dict[str, str], list[dict]]:
-    """({path: backend}, table rows) for the recorded inputs of ``layers`` ({path: sparse twin})."""
+def choose(inputs: dict[str, torch.Tensor], layers: dict, ctx, *, reps: int = 3) -> tuple[dict[str, str], list[dict]]:
+    """({path: backend}, table rows) for the recorded inputs of ``layers`` ({path: sparse twin}).
+
+    Per layer, the candidates take turns for ``reps`` rounds after one warm-up round, and
+    each keeps its fastest round: a load spike on a shared machine then hits one round of
+    one candidate, not all rounds of it."""
     names = available_candidates()
     choices, rows = {}, []
     for path, layer in layers.items():
@@ -64,24 +70,29 @@ def choose(inputs: dict[str, torch.Tensor], layers: dict, ctx, *, reps: int = 2)
             rows.append({"layer": path, "shape": tuple(x.shape), "ms": {}, "choice": "masked"})
             continue
         m_out = ctx.at(output_size(layer, x.shape[-2:]))
+        with torch.no_grad():
+            ref_y = masked.dense_then_mask(layer, x, m_in, m_out, ctx)
         gen = torch.Generator().manual_seed(0)
-        ref_t, ref_y = _timed(masked.dense_then_mask, layer, x, m_in, m_out, ctx, None, reps)
         grad_y = torch.randn(ref_y.shape, generator=gen).to(ref_y) * m_out.to(ref_y.dtype)
-        ref_t, ref_y = _timed(masked.dense_then_mask, layer, x, m_in, m_out, ctx, grad_y, reps)
-        times, best = {"masked": ref_t}, "masked"
         scale = float(ref_y.abs().max()) + 1e-12
-        for name, kernel in options:
+        kernels = {"masked": masked.dense_then_mask}
+        for name, kernel in options:  # a candidate must compute the reference's output
             try:
-                t, y = _timed(kernel, layer, x, m_in, m_out, ctx, grad_y, reps)
-            except RuntimeError as exc:  # e.g. a dtype or device the backend's kernels lack
+                _, y = _run(kernel, layer, x, m_in, m_out, ctx, grad_y)
+            except Exception as exc:  # noqa: BLE001 - e.g. a dtype or device its kernels lack (logged)
                 log.warning("auto: %s cannot run %s (%s); not used", name, path, exc)
                 continue
             if float((y - ref_y).abs().max()) > REL_TOL * scale:
                 log.warning("auto: %s on %s does not match masked; not used", name, path)
                 continue
-            times[name] = t
-            if t < times[best]:
-                best = name
+            kernels[name] = kernel
+        times = {name: float("inf") for name in kernels}
+        for round_ in range(reps + 1):  # round 0 warms up
+            for name, kernel in kernels.items():
+                t, _ = _run(kernel, layer, x, m_in, m_out, ctx, grad_y)
+                if round_:
+                    times[name] = min(times[name], t)
+        best = min(times, key=times.get)
         choices[path] = best
         rows.append({"layer": path, "shape": tuple(x.shape), "ms": {k: v * 1e3 for k, v in times.items()},
                      "choice": best})

@@ -172,7 +172,8 @@ def _conv(layer, x_BChw, mask_in_B1hw, mask_out_B1hw, ctx):
     out_sites = ctx.sites(hw_out)
     feats_NC = x_BChw.permute(0, 2, 3, 1)[mask_in_B1hw[:, 0]]  # row-major, as site_indices
     y_RC = _SparseConv.apply(feats_NC, layer.weight, layer.bias, layer, idx_in, (h, w), B, out_sites, hw_out)
-    out = x_BChw.new_zeros(B, layer.out_channels, *hw_out)
+    layout = torch.channels_last if x_BChw.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = x_BChw.new_zeros(B, layer.out_channels, *hw_out).contiguous(memory_format=layout)
     out.permute(0, 2, 3, 1).index_put_(out_sites, y_RC)
     return out
 
