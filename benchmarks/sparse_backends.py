@@ -11,7 +11,7 @@ With --spark, the whole SparK step (forward, backward, AdamW) with ``auto`` agai
 
 Run:  PYTHONPATH=ssl nice python benchmarks/sparse_backends.py [--threads 2] [--steps 3]
         [--cases resnet18_small,resnet50] [--ratios 0.4,0.6,0.75,0.9] [--batch 8]
-        [--backends masked,gather,spconv,auto]
+        [--backends masked,gather,spconv,auto] [--channels-last]
 """
 
 from __future__ import annotations
@@ -115,18 +115,22 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.4,0.6,0.75,0.9")
     ap.add_argument("--backends", default="masked,gather,spconv,auto")
     ap.add_argument("--spark", action="store_true", help="also the whole SparK step, auto vs masked")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last model and inputs (as the trainer)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.backends.split(",")
     if "spconv" in names and "spconv" not in auto.available_candidates():
         print("spconv is not installed (pip install 'convssl[spconv]'): left out")
         names.remove("spconv")
-    print(f"threads {args.threads}, batch {args.batch}, median of {args.steps}, fp32 CPU")
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    ratios = [float(r) for r in args.ratios.split(",") if r]  # --ratios "": the SparK step only
+    print(f"threads {args.threads}, batch {args.batch}, median of {args.steps}, fp32 CPU, "
+          f"{'channels-last' if args.channels_last else 'NCHW'}")
     for case in args.cases.split(","):
         kw = dict(CASES[case])
         spec, size = kw.pop("spec"), kw["input_size"]
-        dense = build_encoder(spec, **kw)
-        x = torch.randn(args.batch, 3, size, size)
+        dense = build_encoder(spec, **kw).to(memory_format=layout)
+        x = torch.randn(args.batch, 3, size, size).contiguous(memory_format=layout)
         encs = {n: SparseEncoder(dense, backend=n).train() for n in names}
         grid = encs[names[0]].grid((size, size))
         print(f"\n### {case} ({size} px)\n")
@@ -134,7 +138,7 @@ def main() -> None:
               " | ".join(f"{n}/masked" for n in names[1:]) + " |")
         print("|---" * (1 + 2 * len(names) - 1) + "|")
         details, memory = [], []
-        for ratio in map(float, args.ratios.split(",")):
+        for ratio in ratios:
             mask = random_patch_mask(args.batch, grid, ratio, generator=torch.Generator().manual_seed(0))
             steps = {n: encoder_step(e, x, mask) for n, e in encs.items()}
             t = timed(steps, args.steps)
@@ -159,9 +163,10 @@ def main() -> None:
             tasks = {}
             for n in ("masked", "auto"):
                 torch.manual_seed(0)
-                task = SparK(build_encoder(spec, **kw), SparK.Config(backend=n))
+                task = SparK(build_encoder(spec, **kw), SparK.Config(backend=n)).to(memory_format=layout)
                 opt = torch.optim.AdamW(task.parameters(), lr=1e-4)
                 img = torch.randint(0, 255, (args.batch, 3, size, size), dtype=torch.uint8)
+                img = img.contiguous(memory_format=layout)
 
                 def step(task=task, opt=opt, img=img):
                     opt.zero_grad(set_to_none=True)

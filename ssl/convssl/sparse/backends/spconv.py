@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch.nn.modules.utils import _pair
 
 import spconv.pytorch as spconv_torch  # ImportError here -> the install hint of load_backend
+from spconv.cppconstants import CPU_ONLY_BUILD
 
 
 
@@ -165,7 +166,14 @@ def _offset_pairs(indice_pairs, indice_pair_num, kv, subm, n):
     return out
 
 
+def _check_device(x: torch.Tensor) -> None:
+    if x.device.type != "cpu" and CPU_ONLY_BUILD:
+        raise RuntimeError(f"the installed spconv is a CPU-only build and cannot run on {x.device}; "
+                           "install the spconv-cuXXX wheel matching your CUDA (e.g. spconv-cu126)")
+
+
 def _conv(layer, x_BChw, mask_in_B1hw, mask_out_B1hw, ctx):
+    _check_device(x_BChw)
     B, C, h, w = x_BChw.shape
     hw_out = tuple(mask_out_B1hw.shape[-2:])
     idx_in = ctx.memo(("spconv_sites", (h, w)), lambda: site_indices(mask_in_B1hw))
