@@ -371,10 +371,10 @@ def test_known_visible_count_finds_the_same_sites_as_nonzero_and_the_same_featur
         assert torch.equal(after_known[n], b), n
 
 
-@pytest.mark.parametrize("momentum", [0.3, None])  # None: cumulative average (the path by sums)
+@pytest.mark.parametrize("momentum", [0.3, None])  # None: a cumulative average
 def test_sparse_batch_norm_equals_batch_norm_of_the_visible_rows(momentum):
-    """Output, gradients and running statistics over two steps against torch's BatchNorm1d
-    run on the visible rows alone (0.3: our fused path; None: our path by sums)."""
+    """Output, input/weight/bias gradients and running statistics over two steps against
+    torch's BatchNorm1d run on the visible rows alone."""
     from convssl.sparse import sparse_batch_norm
 
     torch.manual_seed(0)
@@ -400,7 +400,7 @@ def test_sparse_batch_norm_equals_batch_norm_of_the_visible_rows(momentum):
 
 def test_sparse_batch_norm_keeps_channels_last():
     """A channels-last map stays channels-last through sparse BN: an NCHW output there made
-    every following convolution reorder its input (SparK's step: 0.78 -> 1.07 of the ceiling)."""
+    every following convolution reorder its input (SparK's step: 0.78 -> 1.07 of its ceiling)."""
     from convssl.sparse import sparse_batch_norm
 
     x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)

@@ -29,8 +29,7 @@ def sparse_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x_BChw: torch.Tensor,
     """``bn`` applied as if the visible positions were the whole batch; masked positions -> 0.
 
     Training (or no running stats): the mean and biased variance of each channel over all
-    visible positions of the batch (of all ranks when ``sync`` and distributed: from
-    all-reduced sums; in one process: torch's fused batch norm on the visible rows) normalise
+    visible positions of the batch (of all ranks when ``sync`` and distributed) normalise
     the input; running statistics are updated from them like ``nn.BatchNorm2d`` does
     (unbiased variance, ``momentum``, or a cumulative average when ``momentum is None``).
     Evaluation: the per-position affine map of the running statistics.
@@ -40,48 +39,15 @@ def sparse_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x_BChw: torch.Tensor,
     the host. ``sites``: the (b, y, x) visible positions when the caller has them already
     (``MaskContext.sites``); otherwise they are taken from ``mask_B1hw``.
     """
+    weight, bias = bn.weight, bn.bias
     use_batch_stats = bn.training or bn.running_mean is None
     if not use_batch_stats:
-        y = F.batch_norm(x_BChw, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        y = F.batch_norm(x_BChw, bn.running_mean, bn.running_var, weight, bias, False, 0.0, bn.eps)
         return y * mask_B1hw.to(y.dtype)
 
     b, yy, xx = sites if sites is not None else mask_B1hw[:, 0].nonzero(as_tuple=True)
     dt = compute_dtype(x_BChw.dtype)
     x_NC = x_BChw.permute(0, 2, 3, 1)[b, yy, xx].to(dt)  # visible rows only
-    if _native_applies(bn, x_NC, sync):
-        y_NC = _native_batch_norm(bn, x_NC, dt)
-    else:
-        y_NC = _batch_norm_by_sums(bn, x_NC, dt, sync)
-    out = torch.zeros_like(x_BChw)  # the input's memory layout: channels-last stays channels-last
-    out.permute(0, 2, 3, 1).index_put_((b, yy, xx), y_NC.to(x_BChw.dtype))
-    return out
-
-
-def _native_applies(bn, x_NC: torch.Tensor, sync: bool) -> bool:
-    """One process, more than one visible row, a momentum F.batch_norm can take as a number
-    and running statistics (if any) in the compute dtype: then torch's fused batch norm over
-    the visible rows computes the same, in one kernel forward and one backward (about half
-    the time of the sums below on a SparK step's encoder)."""
-    if (sync and dist.is_enabled()) or x_NC.shape[0] < 2:
-        return False
-    tracking = bn.training and bn.track_running_stats and bn.running_mean is not None
-    return not tracking or (bn.momentum is not None and bn.running_mean.dtype == x_NC.dtype)
-
-
-def _native_batch_norm(bn, x_NC: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
-    tracking = bn.training and bn.track_running_stats and bn.running_mean is not None
-    if tracking:
-        bn.num_batches_tracked.add_(1)
-    weight = bn.weight.to(dt) if bn.weight is not None else None
-    bias = bn.bias.to(dt) if bn.bias is not None else None
-    return F.batch_norm(x_NC, bn.running_mean if tracking else None, bn.running_var if tracking else None,
-                        weight, bias, True, bn.momentum if tracking else 0.0, bn.eps)
-
-
-def _batch_norm_by_sums(bn, x_NC: torch.Tensor, dt: torch.dtype, sync: bool) -> torch.Tensor:
-    """Batch statistics from (optionally all-reduced) sums: two passes, mean then squared
-    deviations; running statistics updated without reading a value back to the host."""
-    weight, bias = bn.weight, bn.bias
     reduce = dist.all_reduce_sum_with_grad if sync else (lambda t: t)
     count_and_sum = reduce(torch.cat([x_NC.new_full((1,), x_NC.shape[0]), x_NC.sum(0)]))
     count = count_and_sum[0].detach().clamp(min=1.0)
@@ -103,7 +69,9 @@ def _batch_norm_by_sums(bn, x_NC: torch.Tensor, dt: torch.dtype, sync: bool) -> 
     y_NC = centred_NC * scale_C
     if bias is not None:
         y_NC = y_NC + bias.to(dt)
-    return y_NC
+    out = torch.zeros_like(x_BChw)  # the input's memory layout: channels-last stays channels-last
+    out.permute(0, 2, 3, 1).index_put_((b, yy, xx), y_NC.to(x_BChw.dtype))
+    return out
 
 
 def sparse_group_norm(x_BChw: torch.Tensor, mask_B1hw: torch.Tensor, num_groups: int,
