@@ -10,8 +10,7 @@ backend) and are laid out for spconv on every call (differentiable).
 
 Pitfalls of spconv 2.3.8 on CPU, each handled here and tested in tests/test_sparse_backends.py:
 - indices must be a contiguous int32 [N, 3] (batch, y, x) tensor: ``nonzero()`` is
-  column-major and spconv reads raw memory, silently computing garbage, and can corrupt
-  its own memory so that later correct calls go wrong too (``site_indices``);
+  column-major and spconv reads raw memory, silently computing garbage (``site_indices``);
 - with more than one torch thread its CPU kernels race: a batch of 8 64-channel 32x32
   maps came out wrong by 0.3-0.5 relative on every try with 2 threads, right to 1e-6 with
   one; every spconv call runs with one thread (``one_thread``);
