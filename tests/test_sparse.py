@@ -400,7 +400,7 @@ def test_sparse_batch_norm_equals_batch_norm_of_the_visible_rows(momentum):
 
 def test_sparse_batch_norm_keeps_channels_last():
     """A channels-last map stays channels-last through sparse BN: an NCHW output there made
-    every following convolution reorder its input (SparK's step: 0.78 -> 1.07 of its ceiling)."""
+    every following convolution reorder its input (SparK's step: 0.78 -> about 1.0 of its ceiling)."""
     from convssl.sparse import sparse_batch_norm
 
     x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
