@@ -11,6 +11,7 @@ from convssl.encoders import Encoder
 from convssl.errors import EncoderError
 from convssl.sparse import backends
 from convssl.sparse.convert import sparse_view
+from convssl.sparse.layers import is_channels_last
 from convssl.sparse.mask import MaskContext, patch_grid
 
 
@@ -90,7 +91,7 @@ class SparseEncoder(Encoder):
     @staticmethod
     def shape_key(x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> str:
         """The key of ``backend_choices``: input shape, dtype, device type and memory layout."""
-        layout = "cl" if x_BCHW.is_contiguous(memory_format=torch.channels_last) and x_BCHW.shape[1] > 1 else "cf"
+        layout = "cl" if is_channels_last(x_BCHW) else "cf"
         return f"{'x'.join(map(str, x_BCHW.shape))}/{str(x_BCHW.dtype).removeprefix('torch.')}/{x_BCHW.device.type}/{layout}"
 
     def _auto_choose(self, x: torch.Tensor, mask_B1hw: torch.Tensor) -> None:

@@ -70,6 +70,12 @@ class SparseWindowed(MaskedOutput):
         return self.sparse_kernel(self, x, m_in, m_out, self.sparse_ctx)
 
 
+def is_channels_last(x_BChw: torch.Tensor) -> bool:
+    """True for a channels-last map (a 1-channel map counts as channels-first: both layouts
+    are contiguous there). Backends write their outputs in the layout of their input."""
+    return x_BChw.shape[1] > 1 and x_BChw.is_contiguous(memory_format=torch.channels_last)
+
+
 def output_size(layer: nn.Module, hw: tuple[int, int]) -> tuple[int, int]:
     """The map size a Conv2d / MaxPool2d / AvgPool2d with integer padding gives for ``hw``."""
     pair = nn.modules.utils._pair

@@ -58,7 +58,7 @@ def _tiled(op, fill: float):
         tiles_NCTT = tiles_BCghgwTT.permute(0, 2, 3, 1, 4, 5)[b, gy, gx]
         y_NCbb = op(layer, tiles_NCTT)
         B, (gh, gw), C = x_BChw.shape[0], grid, y_NCbb.shape[1]
-        if x_BChw.shape[1] > 1 and x_BChw.is_contiguous(memory_format=torch.channels_last):
+        if L.is_channels_last(x_BChw):
             # the input's layout, so the next layer need not reorder: [B, gh, bo_h, gw, bo_w, C]
             out = y_NCbb.new_zeros(B, gh, bo_h, gw, bo_w, C)
             out.permute(0, 1, 3, 5, 2, 4).index_put_((b, gy, gx), y_NCbb)

@@ -35,6 +35,7 @@ from torch.nn.modules.utils import _pair
 import spconv.pytorch as spconv_torch  # ImportError here -> the install hint of load_backend
 from spconv.cppconstants import CPU_ONLY_BUILD
 
+from convssl.sparse.layers import is_channels_last
 
 
 def site_indices(mask_B1hw: torch.Tensor) -> torch.Tensor:
@@ -179,8 +180,9 @@ def _conv(layer, x_BChw, mask_in_B1hw, mask_out_B1hw, ctx):
     out_sites = ctx.sites(hw_out)
     feats_NC = x_BChw.permute(0, 2, 3, 1)[mask_in_B1hw[:, 0]]  # row-major, as site_indices
     y_RC = _SparseConv.apply(feats_NC, layer.weight, layer.bias, layer, idx_in, (h, w), B, out_sites, hw_out)
-    layout = torch.channels_last if x_BChw.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = x_BChw.new_zeros(B, layer.out_channels, *hw_out).contiguous(memory_format=layout)
+    layout = torch.channels_last if is_channels_last(x_BChw) else torch.contiguous_format  # as the input's
+    out = torch.empty(B, layer.out_channels, *hw_out, dtype=x_BChw.dtype, device=x_BChw.device,
+                      memory_format=layout).zero_()
     out.permute(0, 2, 3, 1).index_put_(out_sites, y_RC)
     return out
 
