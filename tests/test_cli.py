@@ -65,6 +65,17 @@ def test_every_bundled_recipe_is_valid():
         assert recipe.encoder.input_size == recipe.data.size, path.name
 
 
+def test_pretrain_shows_the_sparse_backend_choices(tmp_path):
+    """SparK's recipe runs backend auto: the user sees its per-layer choice table."""
+    out = run("pretrain", "--recipe", "recipes/spark_resnet18_small.yaml", "--data", "data/fmnist/unlabeled",
+              "--out", str(tmp_path / "run"), "--set", "train.max_steps=1", "--set", "data.batch_size=4",
+              "--set", "task.decoder_width=32", "--set", "data.workers=0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "convssl pretrain: sparse backend auto, choices:" in out.stderr
+    rows = [line for line in out.stderr.splitlines() if line.startswith("| layer1.0.conv1 |")]
+    assert len(rows) == 1 and rows[0].split("|")[-2].strip() in {"masked", "gather", "spconv"}
+
+
 def test_quickstart_with_a_wrong_probe_path_fails_before_pretraining(tmp_path):
     import os
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from convssl.errors import ConvsslError
@@ -42,12 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_messages(command: str) -> None:
+    """convssl's own log messages (the sparse backends' choice table and per-layer
+    fallbacks) to stderr as ``convssl <command>: ...``: INFO on the first process,
+    warnings only on the other ranks of a torchrun job. The library itself never
+    configures logging; this is the application's entry point."""
+    logger = logging.getLogger("convssl")
+    if any(getattr(h, "_convssl_cli", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"convssl {command}: %(message)s"))
+    handler._convssl_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    _show_library_messages(args._name)
     reported: list[ConvsslError] = []
     try:
         try:
