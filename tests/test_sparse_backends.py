@@ -141,6 +141,37 @@ def test_auto_measures_once_per_shape_and_choices_restore():
     assert again.sparse_encoder.layer_backends == task.sparse_encoder.layer_backends
 
 
+def test_auto_pictures_at_a_new_batch_size_reuse_the_training_choice():
+    """SparK's picture pass (no gradients, another batch size) used to time the backends and
+    fail in torch.autograd.grad; it now reuses the choice made at the training batch."""
+    from convssl.tasks.spark import SparK
+
+    task = SparK(Encoder(custom_convnet(), input_size=32), SparK.Config(backend="auto", decoder_width=32))
+    img = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    task({"img": [img]})
+    chosen = dict(task.sparse_encoder.layer_backends)
+    picture = task.pictures({"img": [img[:3]]})
+    assert picture.shape[0] == 3 and torch.isfinite(picture).all()
+    assert task.sparse_encoder.measurements == 1, "a pass without gradients must not measure"
+    assert list(task.sparse_encoder.backend_choices) == [SparseEncoder.shape_key(
+        torch.empty(4, 3, 32, 32), torch.empty(0))]
+    assert task.sparse_encoder.layer_backends == chosen
+
+
+def test_auto_without_gradients_before_any_training_step_runs_the_reference():
+    from convssl.tasks.spark import SparK
+
+    task = SparK(Encoder(custom_convnet(), input_size=32), SparK.Config(backend="auto", decoder_width=32))
+    ref = SparK(Encoder(custom_convnet(), input_size=32), SparK.Config(backend="masked", decoder_width=32))
+    ref.load_state_dict(task.state_dict())
+    img = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    got, want = task.pictures({"img": [img]}), ref.pictures({"img": [img]})
+    assert task.sparse_encoder.measurements == 0 and task.sparse_encoder.backend_choices == {}
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    task({"img": [img]})  # the first training step measures as before
+    assert task.sparse_encoder.measurements == 1
+
+
 @pytest.mark.parametrize("make", [
     pytest.param(lambda: Encoder(custom_convnet(), input_size=32), id="custom"),
     pytest.param(lambda: build_encoder("torchvision:resnet18", small_input=True, input_size=32),

@@ -98,6 +98,16 @@ class SparseEncoder(Encoder):
         from convssl.sparse.backends import auto
 
         key = self.shape_key(x, mask_B1hw)
+        if key not in self.backend_choices and not torch.is_grad_enabled():
+            # A pass without gradients (pictures, evaluation) cannot time backward, and its
+            # batch is not the training batch: reuse the choices of a shape that differs only
+            # in batch size, else run the reference for this call and decide at a training step.
+            reuse = self._same_shape_but_batch(key)
+            choices = self.backend_choices[reuse] if reuse is not None else {}
+            if self._applied != reuse:
+                self.layer_backends = backends.assign(self.view, choices)
+                self._applied = reuse
+            return
         if key not in self.backend_choices:
             layers = backends.windowed_layers(self.view)
             backends.assign(self.view, {})
@@ -119,6 +129,12 @@ class SparseEncoder(Encoder):
         if self._applied != key:
             self.layer_backends = backends.assign(self.view, self.backend_choices[key])
             self._applied = key
+
+    def _same_shape_but_batch(self, key: str) -> str | None:
+        """A measured key equal to ``key`` but for the batch size (the largest batch wins)."""
+        rest = key.split("x", 1)[1]
+        found = [k for k in self.backend_choices if k.split("x", 1)[1] == rest]
+        return max(found, key=lambda k: int(k.split("x", 1)[0])) if found else None
 
     def _check_same_layers(self) -> None:
         stale = self.view.stale_layer(self.dense.model)
