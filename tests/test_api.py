@@ -31,10 +31,11 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     run = convssl.pretrain(recipe, "data/fmnist/unlabeled", tmp_path / "rot", progress=False)
     assert run["steps"] == 2 and Path(run["checkpoint"]).is_file()
     report = convssl.probe(run["checkpoint"], "data/fmnist/train", "data/fmnist/test", tmp_path / "probe",
-                           workers=0, knn=False, device="cpu")
+                           workers=0, knn=False, device="cpu", trust=["custom_nets:small_convnet"])
     assert report["counts"] == {"train": 1000, "val": 1000, "classes": 10}
     assert all(0.1 < s["linear_top1"] <= 1.0 for s in report["stages"])  # above chance, per stage
-    sidecar = convssl.export(run["checkpoint"], tmp_path / "backbone.pth", format="state_dict")
+    sidecar = convssl.export(run["checkpoint"], tmp_path / "backbone.pth", format="state_dict",
+                             trust=["custom_nets:small_convnet"])
     assert Path(sidecar["paths"]["weights"]).is_file()
     encoder = convssl.build_encoder("custom_nets:small_convnet", input_size=32, in_chans=1)
     assert len(encoder(torch.zeros(1, 1, 32, 32))) == len(encoder.stages)

@@ -118,7 +118,7 @@ def test_quickstart_end_to_end_then_export(tmp_path):
 
     exported = tmp_path / "backbone.pth"
     done = subprocess.run([sys.executable, "-m", "convssl", "export", "--ckpt", str(out), "--out", str(exported),
-                           "--format", "state_dict"], cwd=tmp_path, env=env, capture_output=True, text=True)
+                           "--format", "state_dict", "--trust-encoder", "custom_nets:small_convnet"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     import torch
 

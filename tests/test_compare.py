@@ -52,7 +52,8 @@ def runs(tmp_path_factory):
     train, test = small_labeled(root, "train", 120), small_labeled(root, "test", 60)
     rotation = tiny({"name": "rotation", "hidden": 16}, monitor_every=2)
     pretrain(rotation, str(DATA / "unlabeled"), root / "rotation", progress=False, monitor=train)
-    probe_checkpoint(root / "rotation", train, test, root / "rotation" / "probe", workers=0, max_dims=64, knn=True)
+    probe_checkpoint(root / "rotation", train, test, root / "rotation" / "probe", workers=0, max_dims=64, knn=True,
+                     trust=["custom_nets:gn_convnet"])
     multi = tiny({"name": "multi", "tasks": [{"name": "rotation", "hidden": 16, "weight": 0.4},
                                              {"name": "simclr", "proj_hidden_dim": 16, "proj_out_dim": 8}]})
     pretrain(multi, str(DATA / "unlabeled"), root / "multi", progress=False)

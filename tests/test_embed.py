@@ -23,6 +23,7 @@ from convssl.train.trainer import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST = str(ROOT / "data/fmnist/test")
+TRUST = ["--trust-encoder", "custom_nets:small_convnet"]  # the test's own user encoder
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def real_ckpt(tmp_path_factory):
 
 def test_pca_map_of_a_real_checkpoint(real_ckpt, tmp_path, capsys):
     out = tmp_path / "map"
-    assert main(["embed", "--ckpt", str(real_ckpt), "--data", TEST, "--out", str(out), "--method", "pca",
+    assert main(["embed", "--ckpt", str(real_ckpt), *TRUST, "--data", TEST, "--out", str(out), "--method", "pca",
                  "--max-samples", "300", "--workers", "0"]) == 0
     assert "PCA of 300 samples" in capsys.readouterr().out
     record = json.loads((out / "embed.json").read_text())
@@ -82,7 +83,7 @@ def test_tsne_and_unlabeled_data(real_ckpt, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # t-SNE follows torch's thread count (OpenMP threads spin on a shared machine)
     try:
-        done = main(["embed", "--ckpt", str(real_ckpt), "--data", str(ROOT / "data/fmnist/unlabeled"),
+        done = main(["embed", "--ckpt", str(real_ckpt), *TRUST, "--data", str(ROOT / "data/fmnist/unlabeled"),
                      "--out", str(out), "--method", "tsne", "--max-samples", "120", "--workers", "0"])
     finally:
         torch.set_num_threads(threads)
@@ -101,6 +102,6 @@ def test_neighbour_agreement_against_a_hand_count():
 
 
 def test_bad_input_is_one_clear_line(real_ckpt, tmp_path, capsys):
-    assert main(["embed", "--ckpt", str(real_ckpt), "--data", TEST, "--out", str(tmp_path), "--stage", "layer9",
+    assert main(["embed", "--ckpt", str(real_ckpt), *TRUST, "--data", TEST, "--out", str(tmp_path), "--stage", "layer9",
                  "--method", "pca"]) == 2
     assert "is not a stage of this encoder" in capsys.readouterr().err

@@ -256,7 +256,7 @@ def test_probe_cli_random_init_and_checkpoint(stripes, tmp_path, capsys):
     ckpt = checkpoint.save_atomic({"format": checkpoint.FORMAT, "step": 3, "encoder": encoder.backbone_state_dict(),
                                    "config": {"encoder": to_dict(cfg), "data": to_dict(data)}}, tmp_path / "c.pt")
     assert main(["probe", "--ckpt", str(ckpt), "--train", train, "--val", val, "--workers", "0",
-                 "--out", str(tmp_path / "ck")]) == 0
+                 "--out", str(tmp_path / "ck"), "--trust-encoder", cfg.spec]) == 0
     report = json.loads((tmp_path / "ck" / "report.json").read_text())
     assert report["checkpoint"] == str(ckpt) and report["step"] == 3 and report["data"]["mean"] == [0.4]
 

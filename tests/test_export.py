@@ -109,11 +109,11 @@ def test_small_input_gray_export_loads_into_the_stem_changed_model(tmp_path):
 def test_user_model_exports_as_state_dict_only(tmp_path):
     cfg = EncoderConfig(spec="custom_nets:small_convnet", in_chans=3, input_size=16)
     path, _ = make_checkpoint(tmp_path / "c.pt", cfg, DataConfig(size=16))
-    sidecar = export_backbone(path, tmp_path / "u.pth", fmt=None)  # None: the source's format
+    sidecar = export_backbone(path, tmp_path / "u.pth", fmt=None, trust=[cfg.spec])  # None: the source's format
     assert sidecar["key_format"] == "state_dict"
     assert sidecar["not_exported"]["classifier head"] == ["15.weight", "15.bias"]
     with pytest.raises(ExportError, match="needs a 'torchvision:' encoder"):
-        export_backbone(path, tmp_path / "v.pth", fmt="torchvision")
+        export_backbone(path, tmp_path / "v.pth", fmt="torchvision", trust=[cfg.spec])
 
 
 def test_wrong_format_for_spec_is_a_clear_error(resnet18_ckpt, tmp_path):
@@ -213,7 +213,8 @@ def test_onnx_runs_in_onnxruntime_like_the_original_model(tmp_path, capsys):
 
     cfg = EncoderConfig(spec="custom_nets:small_convnet", in_chans=1, input_size=16)
     path, _ = make_checkpoint(tmp_path / "c.pt", cfg, DataConfig(size=16, channels=1, mean=(0.3,), std=(0.4,)))
-    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "net.onnx"), "--format", "onnx"]) == 0
+    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "net.onnx"), "--format", "onnx",
+                 "--trust-encoder", cfg.spec]) == 0
     sidecar = json.loads((tmp_path / "net.onnx.json").read_text())
     assert sidecar["runtime"] == "onnx" and sidecar["input"]["mean"] == [0.3] and sidecar["input"]["std"] == [0.4]
     assert all(d <= 1e-4 for d in sidecar["verified"]["max_abs_diff"].values())
@@ -240,7 +241,7 @@ def test_torchscript_of_an_encoder_that_needs_hooks(tmp_path):
     cfg = EncoderConfig(spec="custom_nets:TwoPath", in_chans=3, input_size=16)
     path, encoder = make_checkpoint(tmp_path / "c.pt", cfg, DataConfig(size=16))
     assert encoder.mode == "hooks"
-    sidecar = export_torchscript(path, tmp_path)
+    sidecar = export_torchscript(path, tmp_path, trust=[cfg.spec])
     assert sidecar["paths"]["file"] == str(tmp_path / "backbone.torchscript.pt")
     plain = custom_nets.TwoPath()
     plain.load_state_dict(torch.load(path, weights_only=False)["encoder"], strict=False)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN, TEST = str(ROOT / "data/fmnist/train"), str(ROOT / "data/fmnist/test")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "ssl"), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
 ENC = EncoderConfig(spec="custom_nets:small_convnet", in_chans=1, input_size=16)
+TRUST = ["--trust-encoder", ENC.spec]  # the test's own user encoder: named, as a user would
 
 
 def tar_labels(path: str) -> dict[str, int]:
@@ -119,7 +120,7 @@ def test_layer_decay_groups_follow_the_stages():
 def test_cli_starts_from_the_checkpoint_and_the_baseline_from_random_init(source_ckpt, val, tmp_path, capsys):
     # lr 0: the weights stay where each run started, so the starting points can be compared exactly.
     out = tmp_path / "ft"
-    assert main(["finetune", "--ckpt", str(source_ckpt.parent.parent), "--train", TRAIN, "--val", val,
+    assert main(["finetune", "--ckpt", str(source_ckpt.parent.parent), *TRUST, "--train", TRAIN, "--val", val,
                  "--out", str(out), "--label-fraction", "0.1", "--baseline", "--max-steps", "1", "--quiet",
                  "--set", "lr_per_256=0", "--set", "batch_size=8", "--set", "workers=0",
                  "--set", "channels_last=false"]) == 0
@@ -150,10 +151,10 @@ def test_cli_starts_from_the_checkpoint_and_the_baseline_from_random_init(source
 
 def test_resume_equals_a_straight_run_and_weights_move(source_ckpt, val, tmp_path):
     cfg = small(label_fraction=0.1, max_steps=6)
-    straight = finetune(source_ckpt, TRAIN, val, tmp_path / "straight", cfg, progress=False)
-    assert finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, stop_after=3) == {"finished": False}
+    straight = finetune(source_ckpt, TRAIN, val, tmp_path / "straight", cfg, progress=False, trust=[ENC.spec])
+    assert finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, stop_after=3, trust=[ENC.spec]) == {"finished": False}
     assert ckpt_io.load(tmp_path / "split")["step"] == 3
-    resumed = finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, resume=True)
+    resumed = finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, resume=True, trust=[ENC.spec])
     a, b = ckpt_io.load(tmp_path / "straight"), ckpt_io.load(tmp_path / "split")
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
@@ -167,7 +168,7 @@ def test_resume_equals_a_straight_run_and_weights_move(source_ckpt, val, tmp_pat
 
 
 def test_bad_input_is_one_clear_line(source_ckpt, val, tmp_path, capsys):
-    common = ["finetune", "--ckpt", str(source_ckpt), "--val", val, "--out", str(tmp_path / "x")]
+    common = ["finetune", "--ckpt", str(source_ckpt), *TRUST, "--val", val, "--out", str(tmp_path / "x")]
     assert main(common + ["--train", TRAIN, "--label-fraction", "1.5"]) == 2
     assert "label_fraction must be in (0, 1]" in capsys.readouterr().err
     assert main(common + ["--train", str(ROOT / "data/fmnist/unlabeled")]) == 2
@@ -183,7 +184,7 @@ def test_bad_input_is_one_clear_line(source_ckpt, val, tmp_path, capsys):
 @pytest.mark.slow  # two processes starting torch: ~35 s on the shared 2-core machine
 def test_two_torchrun_ranks_fine_tune_together(source_ckpt, val, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
-           "-m", "convssl", "finetune", "--ckpt", str(source_ckpt), "--train", TRAIN, "--val", val,
+           "-m", "convssl", "finetune", "--ckpt", str(source_ckpt), *TRUST, "--train", TRAIN, "--val", val,
            "--out", str(tmp_path / "ddp"), "--label-fraction", "0.1", "--max-steps", "2", "--quiet",
            "--set", "batch_size=8", "--set", "workers=1", "--set", "channels_last=false", "--device", "cpu"]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)

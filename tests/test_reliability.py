@@ -174,24 +174,24 @@ def test_export_cleans_stale_temps_and_refuses_non_finite_weights(tmp_path):
     out.mkdir()
     stale = out / ".backbone.pth.999999999.0123abcd.convssl-tmp"  # from a killed export (no such pid)
     stale.write_bytes(b"\0" * 1000)
-    export_backbone(good, out / "backbone.pth", fmt="state_dict")
+    export_backbone(good, out / "backbone.pth", fmt="state_dict", trust=[cfg.spec])
     assert not stale.exists() and (out / "backbone.pth").is_file()
 
     poisoned = dict(weights)
     poisoned["0.weight"] = weights["0.weight"].clone().fill_(float("nan"))
     bad = ckpt_io.save_atomic({**ckpt, "encoder": poisoned}, tmp_path / "bad.pt")
     with pytest.raises(ExportError, match=r"NaN or infinite weights in 1 tensor\(s\) \(0.weight\)"):
-        export_backbone(bad, tmp_path / "nan.pth", fmt="state_dict")
+        export_backbone(bad, tmp_path / "nan.pth", fmt="state_dict", trust=[cfg.spec])
     assert not (tmp_path / "nan.pth").exists()
 
     from convssl.exports import export_torchscript
 
     ts_stale = out / ".backbone.torchscript.pt.999999999.0123abcd.convssl-tmp"
     ts_stale.write_bytes(b"\0" * 1000)
-    export_torchscript(good, out)  # deployment formats share the helper and the checks
+    export_torchscript(good, out, trust=[cfg.spec])  # deployment formats share the helper and the checks
     assert not ts_stale.exists() and (out / "backbone.torchscript.pt").is_file()
     with pytest.raises(ConvsslError, match=r"NaN or infinite weights in 1 tensor\(s\) \(0.weight\)"):
-        export_torchscript(bad, tmp_path / "nan.torchscript.pt")
+        export_torchscript(bad, tmp_path / "nan.torchscript.pt", trust=[cfg.spec])
     assert not (tmp_path / "nan.torchscript.pt").exists()
 
 

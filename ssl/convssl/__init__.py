@@ -57,9 +57,10 @@ def probe(checkpoint, train, val, out, **kwargs) -> dict:
     return probe_checkpoint(checkpoint, train, val, out, **kwargs)
 
 
-def export(checkpoint, out, format: str | None = "torchvision", safetensors: bool = False) -> dict:
+def export(checkpoint, out, format: str | None = "torchvision", safetensors: bool = False, trust=()) -> dict:
     """Write the backbone of ``checkpoint`` in the original model's key space (verified by a
-    strict load) plus a JSON sidecar; returns the sidecar."""
+    strict load) plus a JSON sidecar; returns the sidecar. ``trust``: the user-code encoder
+    specs (``package.module:callable``) you allow the checkpoint to name; any other is refused."""
     from convssl.exports import export_backbone
 
-    return export_backbone(checkpoint, out, fmt=format, safetensors=safetensors)
+    return export_backbone(checkpoint, out, fmt=format, safetensors=safetensors, trust=trust)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from convssl.commands import add_trust_argument
+
 
 def add_arguments(parser) -> None:
     from convssl.eval.embed import METHODS
@@ -25,6 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="feature extraction batch (default 256)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers (default 2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_trust_argument(parser)
 
 
 def run(args) -> int:
@@ -35,7 +38,7 @@ def run(args) -> int:
 
     pick_method(args.method)  # a missing package fails before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    encoder, ckpt = load_encoder(args.ckpt)
+    encoder, ckpt = load_encoder(args.ckpt, args.trust_encoder)
     spec = input_spec(ckpt, encoder)
     _, manifest = resolve_shards(args.data)
     record = embed(encoder.to(device), args.data, size=spec.size, channels=spec.channels,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sys
 
+from convssl.commands import add_trust_argument
+
 
 def add_arguments(parser) -> None:
     from convssl.exports import DEPLOY_FORMATS, FORMATS
@@ -25,6 +27,7 @@ def add_arguments(parser) -> None:
                              "(any encoder); default: the encoder's source. Or a deployment file: onnx "
                              "(needs convssl[onnx]) or torchscript")
     parser.add_argument("--safetensors", action="store_true", help="write .safetensors (needs the safetensors package)")
+    add_trust_argument(parser)
 
 
 def run(args) -> int:
@@ -33,7 +36,8 @@ def run(args) -> int:
     if args.fmt in DEPLOY_FORMATS:
         return _deploy(args)
     try:
-        sidecar = export_backbone(args.ckpt, args.out, fmt=args.fmt, safetensors=args.safetensors)
+        sidecar = export_backbone(args.ckpt, args.out, fmt=args.fmt, safetensors=args.safetensors,
+                                  trust=args.trust_encoder)
     except ExportError as exc:
         if not (exc.missing or exc.unexpected or exc.mismatched):
             raise
@@ -65,7 +69,7 @@ def _deploy(args) -> int:
 
     if args.safetensors:
         raise ConfigError(f"--safetensors applies to weight exports, not --format {args.fmt}")
-    sidecar = (export_onnx if args.fmt == "onnx" else export_torchscript)(args.ckpt, args.out)
+    sidecar = (export_onnx if args.fmt == "onnx" else export_torchscript)(args.ckpt, args.out, args.trust_encoder)
     diffs = ", ".join(f"batch {b}: {d:.2g}" for b, d in sidecar["verified"]["max_abs_diff"].items())
     shape = " x ".join(str(v) for v in sidecar["inputs"][0]["shape"])
     print(f"{args.fmt:<9} {sidecar['paths']['file']}" + (f" (opset {sidecar['opset']})" if sidecar.get("opset") else ""))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from convssl.commands import add_trust_argument
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--ckpt", required=True,
@@ -35,6 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out from their latest checkpoint")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    add_trust_argument(parser)
 
 
 def load_settings(recipe: str | None, overrides: list[str]):
@@ -79,7 +82,7 @@ def _run_all(args, cfg, out: Path, runs, main: bool) -> int:
         resume = args.resume and ckpt_io.latest(run_dir / "checkpoints") is not None
         reports[init] = finetune(args.ckpt, args.train, args.val, run_dir, cfg, init=init, labels=out / "labels",
                                  resume=resume, device=args.device, progress=not args.quiet,
-                                 stop_after=args.stop_after)
+                                 stop_after=args.stop_after, trust=args.trust_encoder)
         if not reports[init]["finished"]:
             if main:
                 print("stopped early; continue with the same command plus --resume")

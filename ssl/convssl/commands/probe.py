@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from convssl.commands import add_trust_argument
 from convssl.errors import ConfigError
 
 # Grayscale default: the mean of torchvision's ImageNet channel statistics.
@@ -44,6 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="with --encoder: random-init seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_trust_argument(parser)
 
 
 def run(args) -> int:
@@ -83,7 +85,7 @@ def _from_checkpoint(args):
     for flag, value in (("--small-input", args.small_input), ("--in-chans", args.in_chans)):
         if value:
             raise ConfigError(f"{flag} applies to --encoder only; with --ckpt the encoder comes from the checkpoint")
-    encoder, info = checkpoint_input(args.ckpt)
+    encoder, info = checkpoint_input(args.ckpt, args.trust_encoder)
     return encoder, {**info, "what": f"{info['checkpoint']} (step {info['step']})", "size": args.size or info["size"]}
 
 

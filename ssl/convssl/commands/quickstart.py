@@ -58,7 +58,7 @@ def run(args) -> int:
     d = recipe.data
     common = dict(size=d.size, channels=d.channels, mean=d.mean, std=d.std)
     print(f"[2/3] linear probe of the pretrained encoder (train {data / 'train'}, held out {val})")
-    encoder, _ = ckpt_io.load_encoder(summary["checkpoint"])
+    encoder, _ = ckpt_io.load_encoder(summary["checkpoint"], trust=[recipe.encoder.spec])
     trained = probe(encoder, str(data / "train"), val, out_dir=out / "probe", **common)
     print("[3/3] linear probe of the same encoder at random init (the baseline)")
     seed_all(recipe.train.seed)

@@ -31,12 +31,12 @@ import yaml
 
 import convssl
 from convssl import dist as cdist
-from convssl.config import from_dict, to_dict
+from convssl.config import to_dict
 from convssl.data.crops import RandomResizedCrop
 from convssl.data.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.urls import resolve_shards
-from convssl.encoders import Encoder, EncoderConfig, build_encoder
+from convssl.encoders import Encoder, build_encoder
 from convssl.errors import ConfigError, ConvsslError, DataError
 from convssl.eval import label_subset
 from convssl.eval.features import labeled_batches
@@ -119,7 +119,8 @@ def make_plan(cfg: FinetuneConfig, num_samples: int, world_size: int) -> Plan:
 
 def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: FinetuneConfig, *,
              init: str = "pretrained", labels: str | Path | None = None, resume: bool = False,
-             device: str | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+             device: str | None = None, progress: bool = True, stop_after: int | None = None,
+             trust: tuple[str, ...] | list[str] = ()) -> dict:
     """Fine-tune the encoder of checkpoint ``ckpt`` on labeled shards ``train``, evaluate
     top-1 on ``val``; the run directory ``out`` gets ``config.yaml``, ``labels/`` (the
     subset), ``metrics.jsonl``, ``checkpoints/``, ``report.json`` and ``report.md``.
@@ -129,6 +130,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     pretrained run's); default ``out/labels``, chosen and written when missing.
     ``stop_after`` ends this call after that many steps with a checkpoint (the schedule
     unchanged); ``resume=True`` continues the latest checkpoint in ``out``.
+    ``trust``: user-code encoder specs ``ckpt`` may name (``checkpoint.encoder_config``).
     Returns ``{"finished": bool}``; on rank 0 of a finished run, with the report's keys
     (top-1 as fractions in [0, 1]).
     """
@@ -151,7 +153,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
         raise ConvsslError(f"{str(run_dir)!r} already holds checkpoints; pass --resume to continue that run, "
                            "or choose another --out")
 
-    encoder, source = _encoder(ckpt, init, cfg.seed)
+    encoder, source = _encoder(ckpt, init, cfg.seed, trust)
     spec = input_spec(source, encoder)
     size, channels, mean, std = spec.size, spec.channels, list(spec.mean), list(spec.std)
 
@@ -340,14 +342,14 @@ def _evaluate(model: Classifier, run: dict, cfg: FinetuneConfig) -> dict:
 
 # -- state ------------------------------------------------------------------------------
 
-def _encoder(ckpt, init: str, seed: int) -> tuple[Encoder, dict]:
+def _encoder(ckpt, init: str, seed: int, trust) -> tuple[Encoder, dict]:
     """The encoder to fine-tune (pretrained weights, or random init seeded by ``seed``)
     and its source checkpoint (for the recipe: architecture, input size, normalisation)."""
     if init == "pretrained":
         seed_all(seed)
-        return ckpt_io.load_encoder(ckpt)
+        return ckpt_io.load_encoder(ckpt, trust)
     source = ckpt_io.load(ckpt)
-    enc_cfg = from_dict(EncoderConfig, source["config"]["encoder"], path="encoder")
+    enc_cfg = ckpt_io.encoder_config(source, trust)
     seed_all(seed)
     return build_encoder(enc_cfg), source
 

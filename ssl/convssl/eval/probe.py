@@ -108,13 +108,14 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
     return report
 
 
-def checkpoint_input(path: str | Path) -> tuple[Encoder, dict]:
+def checkpoint_input(path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> tuple[Encoder, dict]:
     """The pretrained encoder of a checkpoint and the input its recipe trained on:
-    ``{"size", "channels", "mean", "std", "checkpoint", "step"}``."""
+    ``{"size", "channels", "mean", "std", "checkpoint", "step"}``. ``trust``: user-code
+    encoder specs the caller names (``convssl.train.checkpoint.encoder_config``)."""
     from convssl.data.config import DataConfig
     from convssl.train.checkpoint import load_encoder
 
-    encoder, ckpt = load_encoder(path)
+    encoder, ckpt = load_encoder(path, trust)
     data = ckpt["config"].get("data", {})
     channels = int(data.get("channels", encoder.in_chans))
     defaults = DataConfig()
@@ -125,9 +126,11 @@ def checkpoint_input(path: str | Path) -> tuple[Encoder, dict]:
 
 
 def probe_checkpoint(path: str | Path, train_spec: str, val_spec: str, out_dir: str | Path, *,
-                     size: int | None = None, device: str | None = None, **kwargs) -> dict:
-    """``probe`` of a checkpoint's encoder at its recipe's input (``size`` overrides it)."""
-    encoder, info = checkpoint_input(path)
+                     size: int | None = None, device: str | None = None, trust: tuple[str, ...] | list[str] = (),
+                     **kwargs) -> dict:
+    """``probe`` of a checkpoint's encoder at its recipe's input (``size`` overrides it);
+    ``trust`` as for ``checkpoint_input``."""
+    encoder, info = checkpoint_input(path, trust)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return probe(encoder.to(dev), train_spec, val_spec, size=size or info["size"], channels=info["channels"],
                  mean=info["mean"], std=info["std"], out_dir=out_dir, checkpoint=info["checkpoint"],

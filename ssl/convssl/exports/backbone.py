@@ -20,7 +20,7 @@ import torch
 
 import convssl
 from convssl.atomic import clean_stale_temps, write_atomic
-from convssl.config import from_dict, to_dict
+from convssl.config import to_dict
 from convssl.encoders import Encoder, EncoderConfig, build_bare_model
 from convssl.encoders.sources import build_model, parse_spec
 from convssl.encoders.stem import conv_in_channels
@@ -41,7 +41,7 @@ class ExportError(ConvsslError):
 
 
 def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None = "torchvision",
-                    safetensors: bool = False) -> dict:
+                    safetensors: bool = False, trust: tuple[str, ...] | list[str] = ()) -> dict:
     """Write the backbone of ``ckpt_path`` to ``out_path`` (``.pth``, or ``.safetensors``)
     and its sidecar to ``out_path + ".json"``; return the sidecar dict.
 
@@ -49,7 +49,8 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
     encoder of that source; ``state_dict`` accepts any (user models included); None
     picks the encoder's source (``state_dict`` for user models). If
     ``out_path`` is a folder, the file is ``backbone.pth`` / ``backbone.safetensors`` in it.
-    Raises ``ExportError`` (nothing written) when the weights do not load.
+    Raises ``ExportError`` (nothing written) when the weights do not load. ``trust``: the
+    user-code encoder specs the caller names (``convssl.train.checkpoint.encoder_config``).
     """
     if fmt is not None and fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -60,7 +61,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
     ensure_writable_dir(out_path.parent, "--out")
     clean_stale_temps(out_path.parent)
     ckpt = ckpt_io.load(ckpt_path)
-    enc_cfg = from_dict(EncoderConfig, ckpt["config"]["encoder"], path="encoder")
+    enc_cfg = ckpt_io.encoder_config(ckpt, trust)
     source = parse_spec(enc_cfg.spec)[0]
     if fmt is None:
         fmt = source if source in FORMATS else "state_dict"

@@ -72,9 +72,10 @@ def output_names(encoder: Encoder) -> list[str]:
     return [f"stage{i}_{re.sub(r'[^0-9A-Za-z_]', '_', name)}" for i, name in enumerate(encoder.stage_names)] + ["pooled"]
 
 
-def load_deployable(ckpt_path: str | Path) -> tuple[DeployableBackbone, dict]:
-    """The checkpoint's backbone, in eval mode on the CPU, and its input description."""
-    encoder, ckpt = ckpt_io.load_encoder(ckpt_path)
+def load_deployable(ckpt_path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> tuple[DeployableBackbone, dict]:
+    """The checkpoint's backbone, in eval mode on the CPU, and its input description
+    (``trust``: user-code encoder specs the caller names, see ``checkpoint.encoder_config``)."""
+    encoder, ckpt = ckpt_io.load_encoder(ckpt_path, trust)
     bad = ckpt_io.non_finite(ckpt["encoder"])
     if bad:
         raise ConvsslError(f"checkpoint {ckpt['path']!r} holds NaN or infinite weights in {len(bad)} tensor(s) "

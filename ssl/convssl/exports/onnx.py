@@ -19,7 +19,7 @@ from convssl.exports.deployable import (example_input, load_deployable, max_abs_
 _HINT = "pip install 'convssl[onnx]' (or pip install onnx onnxscript onnxruntime)"
 
 
-def export_onnx(ckpt_path: str | Path, out_path: str | Path) -> dict:
+def export_onnx(ckpt_path: str | Path, out_path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> dict:
     """Write the backbone of ``ckpt_path`` as ONNX to ``out_path`` (a folder: ``backbone.onnx``
     in it) and ``out_path + ".json"``; return the sidecar, with the max abs differences
     from torch at several batch sizes. Raises ``ConvsslError`` (nothing left behind) when
@@ -30,7 +30,7 @@ def export_onnx(ckpt_path: str | Path, out_path: str | Path) -> dict:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise ConvsslError(f"ONNX export needs the {exc.name} package: {_HINT}") from exc
-    module, info = load_deployable(ckpt_path)
+    module, info = load_deployable(ckpt_path, trust)
     out_path = resolve_out(out_path, "backbone.onnx")
     names = output_names(module.encoder)
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -18,12 +18,12 @@ from convssl.errors import ConvsslError
 from convssl.exports.deployable import example_input, load_deployable, max_abs_differences, resolve_out, write_sidecar
 
 
-def export_torchscript(ckpt_path: str | Path, out_path: str | Path) -> dict:
+def export_torchscript(ckpt_path: str | Path, out_path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> dict:
     """Write the backbone of ``ckpt_path`` as a traced TorchScript file to ``out_path`` (a
     folder: ``backbone.torchscript.pt`` in it) and ``out_path + ".json"``; return the
     sidecar, with the max abs differences of the reloaded file from eager torch at
     several batch sizes."""
-    module, info = load_deployable(ckpt_path)
+    module, info = load_deployable(ckpt_path, trust)
     out_path = resolve_out(out_path, "backbone.torchscript.pt")
     checked = {}
 
