@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from convssl.recipe import load_recipe
 
 
@@ -13,7 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=float, default=None, help="train this many epochs")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="end this invocation after N steps with a checkpoint (schedule unchanged); continue with --resume")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                        help="continue from the latest checkpoint in --out; --resume auto: continue if there is "
+                             "one, else start (one command line for the first start, a requeue, a restart)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set optim.lr_per_256=0.2 (repeatable)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
@@ -21,6 +25,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--monitor", default=None, metavar="SHARDS",
                         help="labeled shards for an online linear probe, kNN and collapse check "
                              "every train.monitor_every steps")
+
+
+def _resume_mode(value: str) -> str:
+    if value != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', not {value!r}")
+    return value
 
 
 def run(args) -> int:

@@ -26,6 +26,7 @@ from convssl.encoders import build_encoder
 from convssl.errors import ConfigError, ConvsslError
 from convssl.recipe import Recipe, check_batch, recipe_from_dict
 from convssl.registry import build_task
+from convssl.run_lock import RunLock
 from convssl.train import checkpoint as ckpt_io
 from convssl.train.finite import StepGuard, finite_step
 from convssl.train.interrupt import StopRequest
@@ -36,7 +37,6 @@ from convssl.train.run_log import RunLog
 from convssl.train.schedule import cosine, warmup_cosine
 from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
 from convssl.workers import stop_workers
-from convssl.writable import ensure_writable_dir
 
 # Keys a resumed run may change (how long and how often); anything else must match.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.ckpt_every", "train.log_every",
@@ -60,7 +60,7 @@ class Plan:
     peak_lr: float
 
 
-def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False,
+def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool | str = False,
              device: str | None = None, batches=None, progress: bool = True,
              stop_after: int | None = None, monitor: str | None = None) -> dict:
     """Pretrain ``recipe`` on shards ``data`` into run directory ``out``.
@@ -70,8 +70,16 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     after that many steps with a checkpoint, the schedule unchanged (time-limited jobs
     continue with ``resume=True``). ``monitor`` (labeled shards) turns on the online probe,
     kNN and collapse check every ``train.monitor_every`` steps (``convssl.train.monitor``).
+    ``resume``: False starts a run (refused where ``out`` holds checkpoints), True continues
+    the latest checkpoint (refused where there is none), ``"auto"`` continues it when there
+    is one and starts otherwise, so one command line serves the first start, a requeued job
+    and an elastic restart. ``out`` is locked while the run works (``convssl.run_lock``).
     Returns a summary: steps, final metrics, images/s, seconds, last checkpoint.
     """
+    if resume not in (False, True, "auto"):
+        raise ConfigError(f"resume must be False, True or 'auto', not {resume!r}")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after must be at least 1 (steps to run before stopping), not {stop_after}")
     dev = torch.device(device or (f"cuda:{cdist.from_env().local_rank}" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -81,13 +89,20 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
     # Everything that can be wrong with the user's input is checked before the model is
     # built and before any loader worker starts: the run dir, the data, the sizes.
     urls, manifest = (None, None) if batches is not None else _resolve(data)
-    if info.is_main:
-        ensure_writable_dir(run_dir, "--out")
-        clean_stale_temps(ckpt_dir)  # left by a process killed while writing a checkpoint
-    state = _resume_state(ckpt_dir) if resume else None
-    if state is None and ckpt_io.latest(ckpt_dir) is not None:
-        raise ConvsslError(f"{str(run_dir)!r} already holds checkpoints; pass --resume to continue "
-                           "that run, or choose another --out")
+    lock, state = _claim_run_dir(run_dir, resume, info)
+    try:
+        return _pretrain_claimed(recipe, data, run_dir, state, urls, manifest, info, dev, batches=batches,
+                                 progress=progress, stop_after=stop_after, monitor=monitor)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | None, urls, manifest, info,
+                      dev: torch.device, *, batches, progress: bool, stop_after: int | None,
+                      monitor: str | None) -> dict:
+    """``pretrain`` once rank 0 holds the run directory and the start is decided."""
+    ckpt_dir = run_dir / "checkpoints"
     if state is not None:
         recipe = _merge_resumed_recipe(state, recipe, info)
     plan = make_plan(recipe, manifest, info.world_size)
@@ -119,7 +134,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool = False
         # sparse BN; MoCo: per-rank BN by design, a queue and momentum encoder identical on
         # every rank by construction): DDP need not re-broadcast them (the queue!) every forward.
         model = torch.nn.parallel.DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                          broadcast_buffers=not task.manages_batchnorm_sync)
+                                                          **_buffer_sync(not task.manages_batchnorm_sync))
     if recipe.train.compile:
         model = torch.compile(model)
 
@@ -248,7 +263,7 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
             if stop_now:
                 last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
                 raise ConvsslError(f"interrupted at step {step}; checkpoint saved to {last_ckpt}; "
-                                   "continue with the same command plus --resume")
+                                   "continue with the same command plus --resume (a command with --resume auto as it is)")
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == end:
                 last_ckpt = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
     seconds = time.perf_counter() - t_start
@@ -334,6 +349,18 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
     return path
 
 
+def _buffer_sync(every_forward: bool) -> dict:
+    """DDP's argument for syncing buffers every forward, as this torch spells it: newer
+    torch deprecates ``broadcast_buffers`` (a FutureWarning on every rank) for
+    ``forward_sync_buffers``, which still syncs once at construction: harmless here,
+    since every rank builds the task from the same seed or loads the same checkpoint."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
+        return {"forward_sync_buffers": every_forward}
+    return {"broadcast_buffers": every_forward}
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     if not cdist.is_enabled():
         return flag
@@ -348,11 +375,54 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         old.unlink()
 
 
-def _resume_state(ckpt_dir: Path) -> dict:
+def _claim_run_dir(run_dir: Path, resume: bool | str, info) -> tuple[RunLock | None, dict | None]:
+    """Rank 0 locks the run directory and decides where the run starts (which checkpoint,
+    or none); every rank then gets that one decision, so under torchrun all ranks continue
+    the same step, or all stop with the same message, however the folder changes meanwhile.
+    Returns the lock (rank 0) and the state to resume (None: a fresh start)."""
+    ckpt_dir = run_dir / "checkpoints"
+    lock, state = None, None
+    if info.is_main:
+        try:
+            lock = RunLock(run_dir, "--out", note=lambda message: _warn(info, message)).acquire()
+            clean_stale_temps(ckpt_dir)  # left by a process killed while writing a checkpoint
+            state = _resume_state(run_dir, resume)
+        except ConvsslError as exc:
+            if lock is not None:
+                lock.release()
+            cdist.broadcast_object({"error": str(exc)})
+            raise
+        cdist.broadcast_object({"checkpoint": state["path"] if state else None})
+        return lock, state
+    decision = cdist.broadcast_object(None)
+    if "error" in decision:
+        raise ConvsslError(decision["error"])
+    return None, ckpt_io.load(decision["checkpoint"]) if decision["checkpoint"] else None
+
+
+def _resume_state(run_dir: Path, resume: bool | str) -> dict | None:
+    """The checkpoint to continue (None: start), refused up front when it cannot be."""
+    ckpt_dir = run_dir / "checkpoints"
     path = ckpt_io.latest(ckpt_dir)
+    if not resume:
+        if path is not None:
+            raise ConvsslError(f"{str(run_dir)!r} already holds checkpoints; pass --resume to continue that run "
+                               "(--resume auto: continue if there is a checkpoint, else start), or choose another --out")
+        return None
     if path is None:
-        raise ConvsslError(f"--resume: no checkpoint in {str(ckpt_dir)!r}; start without --resume")
-    return ckpt_io.load(path)
+        if resume == "auto":
+            return None
+        raise ConvsslError(f"--resume: no checkpoint in {str(ckpt_dir)!r}; start without --resume "
+                           "(or with --resume auto, which starts when there is none)")
+    state = ckpt_io.load(path)
+    optimizer_tensors = {f"optimizer.{i}.{name}": v for i, s in state.get("optimizer", {}).get("state", {}).items()
+                         for name, v in s.items()}
+    earlier = sorted(ckpt_dir.glob("step-*.pt"))[:-1]
+    ckpt_io.require_finite(
+        {**state.get("task", {}), **optimizer_tensors}, path, "it cannot be continued: "
+        + (f"delete it to resume from the one before ({earlier[-1]})" if earlier else "start again")
+        + ", with a lower optim.lr_per_256, optim.clip_grad set or train.precision=fp32", kind="values")
+    return state
 
 
 def _merge_resumed_recipe(state: dict, recipe: Recipe, info) -> Recipe:

@@ -1,0 +1,208 @@
+"""Faults of long-lived runs (issue 23): a locked --out, --resume auto across
+interruptions, a full disk, empty shards, read-only outputs, odd images, poisoned
+checkpoints and absurd settings. Each test fails without its fix.
+
+Real processes where the fault is about processes (a live run beside a second one, a
+signal, a killed worker), real shards from data/, real servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from convssl.cli import main
+from convssl.errors import ConvsslError
+from convssl.run_lock import LOCK_NAME, RunInUse, RunLock
+from convssl.train import checkpoint as ckpt_io
+from test_reliability import ENV, FMNIST, RECIPES, convssl_cli, one_line_error, tiny_recipe
+
+UNLABELED = FMNIST / "unlabeled"
+
+
+def pretrain_argv(out: Path, *extra, steps: int = 40) -> list[str]:
+    """A real ``convssl pretrain`` command line: a small convnet at 16 px, milliseconds a step."""
+    return ["pretrain", "--recipe", str(RECIPES / "rotation_resnet18_small.yaml"), "--data", str(UNLABELED),
+            "--out", str(out), "--max-steps", str(steps), "--quiet", "--device", "cpu",
+            "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
+            "--set", "data.size=16", "--set", "data.batch_size=8", "--set", "train.ckpt_every=0",
+            "--set", "train.log_every=1", "--set", "train.channels_last=false", *extra]
+
+
+def start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "convssl", *argv], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_training(proc: subprocess.Popen, run: Path, timeout: float = 120) -> None:
+    """Until the run has logged a step (it holds its lock and trains)."""
+    deadline = time.time() + timeout
+    metrics = run / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "the run never logged a step"
+        time.sleep(0.02)
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["task"].keys() == b["task"].keys()
+    for k, v in a["task"].items():
+        assert torch.equal(v, b["task"][k]), k  # BatchNorm statistics and counters included
+    for i, state in a["optimizer"]["state"].items():
+        for name, v in state.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][name]), (i, name)
+
+
+# ---- A: a lock on --out -------------------------------------------------------------------
+
+def test_a_second_run_or_a_resume_beside_a_live_run_fails_at_once_naming_its_pid(tmp_path):
+    run = tmp_path / "run"
+    live = start(pretrain_argv(run, steps=100000))
+    try:
+        wait_until_training(live, run)
+        for extra in ((), ("--resume",), ("--resume", "auto")):
+            done, seconds = convssl_cli(*pretrain_argv(run, *extra), timeout=120)
+            assert done.returncode == 2, (extra, done.stderr[-2000:])
+            line = one_line_error(done.stderr)
+            assert f"is in use by a running convssl run (pid {live.pid} on host {socket.gethostname()}" in line, line
+            assert "wait for it to end" in line and "choose another --out" in line, line
+            assert seconds < 30, seconds  # before any model or loader is built
+        assert live.poll() is None, "the live run was disturbed"
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in lines] == list(range(1, len(lines) + 1))  # one writer, no interleaving
+    finally:
+        code, err = stop(live)
+    assert code == 2 and "interrupted at step" in err, err[-2000:]
+    assert not (run / LOCK_NAME).exists()  # released on a signal too
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_note(tmp_path):
+    run = tmp_path / "run"
+    killed = start(pretrain_argv(run, "--resume", "auto", "--set", "train.ckpt_every=1", steps=100000))
+    wait_until_training(killed, run)
+    killed.kill()  # kill -9: nothing of convssl runs, the lock file stays
+    killed.communicate(timeout=60)
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == killed.pid
+    done, _ = convssl_cli(*pretrain_argv(run, "--resume", "auto", "--set", "train.ckpt_every=1", "--stop-after", "1",
+                                         steps=100000), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"took over the stale lock of pid {killed.pid} on host {socket.gethostname()}" in done.stderr
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_run_lock_semantics(tmp_path):
+    """In one process: the lock file names its holder while held, and goes at release; a
+    record of a process that is gone is taken over with one note; another process's live
+    lock is refused (a child holds it)."""
+    notes = []
+    with RunLock(tmp_path / "out", note=notes.append) as lock:
+        record = json.loads(lock.path.read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    assert not lock.path.exists() and notes == []
+    lock.path.write_text(json.dumps({"pid": 999999999, "host": "elsewhere", "started": "then", "argv": ["x"]}))
+    with RunLock(tmp_path / "out", note=notes.append):
+        pass
+    assert len(notes) == 1 and "took over the stale lock of pid 999999999 on host elsewhere, started then" in notes[0]
+
+    code = ("import sys, time; from convssl.run_lock import RunLock; "
+            "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], env=ENV, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUse, match=f"pid {holder.pid} on host"):
+            RunLock(tmp_path / "out", "--out").acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with RunLock(tmp_path / "out", note=notes.append):  # kill -9 dropped the kernel lock
+        assert f"stale lock of pid {holder.pid}" in notes[-1]
+
+
+# ---- B: --resume auto ----------------------------------------------------------------------
+
+def test_resume_auto_one_command_line_interrupted_and_restarted_equals_the_uninterrupted_run(tmp_path, capsys):
+    """The same command line, run until SIGTERM, then run again: it continues from the
+    checkpoint and ends bit-exactly where the uninterrupted run does."""
+    straight, _ = convssl_cli(*pretrain_argv(tmp_path / "straight"), timeout=300)  # one thread, as below
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "run"
+    argv = pretrain_argv(run, "--resume", "auto")
+    first = start(argv)
+    wait_until_training(first, run)
+    code, err = stop(first, signal.SIGTERM)
+    assert code == 2 and "interrupted at step" in err and "Traceback" not in err, err[-2000:]
+    stopped = ckpt_io.load(run)["step"]
+    assert 1 <= stopped < 40, stopped
+    again, _ = convssl_cli(*argv, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "checkpoint: " in again.stdout and "step-00000040.pt" in again.stdout
+    same_state(ckpt_io.load(tmp_path / "straight"), ckpt_io.load(run))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 40 and set(range(1, 41)) <= set(steps)
+    capsys.readouterr()
+    assert main(argv) == 0  # a finished run, requeued once more: nothing to do
+    assert "done: 40 steps" in capsys.readouterr().out
+
+
+def test_resume_modes_in_python(tmp_path):
+    from convssl.train.trainer import pretrain
+
+    fresh = pretrain(tiny_recipe(train={"max_steps": 2}), str(UNLABELED), tmp_path / "run", resume="auto",
+                     progress=False)
+    assert fresh["steps"] == 2 and ckpt_io.load(tmp_path / "run")["step"] == 2
+    longer = tiny_recipe(train={"max_steps": 3})
+    assert pretrain(longer, str(UNLABELED), tmp_path / "run", resume="auto", progress=False)["steps"] == 3
+    with pytest.raises(ConvsslError, match="already holds checkpoints; pass --resume .*--resume auto"):
+        pretrain(longer, str(UNLABELED), tmp_path / "run", progress=False)
+    with pytest.raises(ConvsslError, match="no checkpoint in .*--resume auto"):
+        pretrain(longer, str(UNLABELED), tmp_path / "other", resume=True, progress=False)
+    with pytest.raises(ConvsslError, match="resume must be False, True or 'auto'"):
+        pretrain(longer, str(UNLABELED), tmp_path / "other", resume="yes", progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*argv, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(_free_port()), "-m", "convssl", *argv], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_resume_auto_under_torchrun_all_ranks_take_rank_0s_decision(tmp_path):
+    """Two gloo ranks: the first launch starts (no checkpoint), the second continues
+    the checkpoint on both ranks (a rank starting afresh would log step 1 again or hang in
+    a collective); no rank prints torch's broadcast_buffers FutureWarning."""
+    run = tmp_path / "run"
+    argv = pretrain_argv(run, "--resume", "auto", steps=6)
+    first = torchrun(*argv, "--stop-after", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert ckpt_io.load(run)["step"] == 3
+    second = torchrun(*argv)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ckpt = ckpt_io.load(run)
+    assert ckpt["step"] == 6 and ckpt["data"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    for done in (first, second):
+        assert "FutureWarning" not in done.stderr and "broadcast_buffers" not in done.stderr, done.stderr[-3000:]
+        assert "re-seeded" not in done.stderr  # the same world size: the exact continuation
