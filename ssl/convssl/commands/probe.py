@@ -6,6 +6,11 @@
 With ``--ckpt`` the input size, channels and normalisation come from the checkpoint's
 recipe. ``--encoder`` probes the architecture at random init (seeded): the baseline
 every pretext task must beat.
+
+    convssl probe --ckpt RUN --train SHARDS --val SHARDS --out DIR --baseline random --baseline weights:FILE.pth
+
+probes each baseline with the same protocol on the same images and prints, per stage, the
+paired gain with its 95% interval and a verdict (pays / no gain measurable / hurts).
 """
 
 from __future__ import annotations
@@ -43,18 +48,29 @@ def add_arguments(parser) -> None:
                         help="cut each image into N x N patches, encode each, average their features per stage "
                              "(Kolesnikov et al. 2019; for patch-trained encoders); default 1: whole images")
     parser.add_argument("--seed", type=int, default=0, help="with --encoder: random-init seed (default 0)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="SPEC",
+                        help="also probe a baseline with the same protocol on the same images and report the paired "
+                             "gain and a verdict per stage: random (the same architecture at random init, seed 0), "
+                             "random:SEED, or weights:PATH (a state dict under the original model's keys: a convssl "
+                             "export .pth/.safetensors, or a convssl checkpoint's encoder); repeatable")
+    parser.add_argument("--resamples", type=int, default=2000,
+                        help="bootstrap resamples of the val images for the 95%% intervals (>= 1000; default 2000)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_trust_argument(parser)
 
 
 def run(args) -> int:
+    from convssl.eval.baselines import build_baseline, parse_baseline
     from convssl.eval.probe import probe
-    from convssl.eval.report import format_table
+    from convssl.eval.report import format_comparison, format_table
     from convssl.eval.status_line import StatusLine
     from convssl.writable import ensure_writable_dir
 
     ensure_writable_dir(args.out, "--out")  # before the encoder is built or a worker starts
+    specs = [parse_baseline(b) for b in args.baseline]
+    if args.resamples < 1000:
+        raise ConfigError(f"--resamples {args.resamples}: percentile intervals need at least 1000 resamples")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.ckpt:
         encoder, info = _from_checkpoint(args)
@@ -64,17 +80,25 @@ def run(args) -> int:
     if len(mean) != info["channels"] or len(std) != info["channels"]:
         raise ConfigError(f"--mean and --std need {info['channels']} value(s), one per input channel; "
                           f"got {len(mean)} and {len(std)}")
+    if args.encoder and any(spec.kind == "random" and spec.seed == args.seed for spec in specs):
+        raise ConfigError(f"--baseline random: the probed encoder is already random init with seed {args.seed}; "
+                          "use --baseline random:SEED with another seed, or probe a checkpoint (--ckpt)")
+    baselines = [build_baseline(spec, encoder.config) for spec in specs]
     encoder.to(device)
-    print(f"probing {info['what']} at {info['size']} px, {info['channels']} channel(s), on {device}")
+    print(f"probing {info['what']} at {info['size']} px, {info['channels']} channel(s), on {device}"
+          + (f"; baselines: {', '.join(b.spec.label for b in baselines)}" if baselines else ""))
     report = probe(encoder, args.train, args.val, size=info["size"], channels=info["channels"], mean=mean, std=std,
                    out_dir=args.out, batch_size=args.batch_size, workers=args.workers, knn=not args.no_knn,
                    max_dims=args.max_dims or None, checkpoint=info.get("checkpoint"), step=info.get("step"),
                    seed=info.get("seed"), status=StatusLine(enabled=not args.quiet),
-                   patch_grid=args.patch_grid)
+                   patch_grid=args.patch_grid, baselines=baselines, resamples=args.resamples)
     counts = report["counts"]
     print(f"{counts['train']} train / {counts['val']} val samples, {counts['classes']} classes "
           f"(chance {100 * report['chance']:.1f}%), {report['seconds']['total']:.1f} s; top-1 in %:")
     print(format_table(report))
+    if report["baselines"]:
+        print(f"\nlinear top-1 in %, gains in points, paired over the same {counts['val']} val images:")
+        print(format_comparison(report))
     print(f"report: {args.out}/report.json, report.md, stages.png")
     return 0
 

@@ -49,10 +49,10 @@ def knn_predict(train_ND: torch.Tensor, train_y_N: torch.Tensor, query_MD: torch
     return {k: torch.cat(p) for k, p in preds.items()}
 
 
-def knn_eval(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.Tensor, val_y_N: torch.Tensor, *,
-             ks=KS, temperature: float = TEMPERATURE, num_classes: int | None = None,
-             chunk_size: int | None = None, device: torch.device | str | None = None) -> dict[int, float]:
-    """Top-1 accuracy (a fraction in [0, 1]) of the weighted kNN classifier for each k: ``{k: top-1}``."""
+def knn_correct(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.Tensor, val_y_N: torch.Tensor, *,
+                ks=KS, temperature: float = TEMPERATURE, num_classes: int | None = None,
+                chunk_size: int | None = None, device: torch.device | str | None = None) -> dict[int, torch.Tensor]:
+    """Whether the weighted kNN classifier gets each val sample right, for each k: ``{k: bool [M]}`` (CPU)."""
     if num_classes is None:
         num_classes = int(max(train_y_N.max(), val_y_N.max())) + 1
     if device is not None:
@@ -60,4 +60,13 @@ def knn_eval(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.Tens
     preds = knn_predict(train_ND, train_y_N, val_ND, ks=ks, num_classes=num_classes,
                         temperature=temperature, chunk_size=chunk_size)
     val_y_N = val_y_N.to(train_ND.device)
-    return {k: (pred_M == val_y_N).double().mean().item() for k, pred_M in preds.items()}
+    return {k: (pred_M == val_y_N).cpu() for k, pred_M in preds.items()}
+
+
+def knn_eval(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.Tensor, val_y_N: torch.Tensor, *,
+             ks=KS, temperature: float = TEMPERATURE, num_classes: int | None = None,
+             chunk_size: int | None = None, device: torch.device | str | None = None) -> dict[int, float]:
+    """Top-1 accuracy (a fraction in [0, 1]) of the weighted kNN classifier for each k: ``{k: top-1}``."""
+    correct = knn_correct(train_ND, train_y_N, val_ND, val_y_N, ks=ks, temperature=temperature,
+                          num_classes=num_classes, chunk_size=chunk_size, device=device)
+    return {k: c.double().mean().item() for k, c in correct.items()}

@@ -152,8 +152,8 @@ def linear_probe(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.
     ``max_iter``. Ties in held-out accuracy go to the larger wd (the simpler model).
     Half-precision features are upcast to float32 here, one stage at a time.
 
-    Returns ``{"top1": val top-1, "wd": chosen wd, "train_top1": ..., "heldout": [[wd, top-1], ...]}``
-    (accuracies as fractions in [0, 1]).
+    Returns ``{"top1": val top-1, "wd": chosen wd, "train_top1": ..., "heldout": [[wd, top-1], ...],
+    "correct": bool [M] per val sample}`` (accuracies as fractions in [0, 1]).
     """
     device = torch.device(device) if device is not None else train_ND.device
     if num_classes is None:
@@ -179,11 +179,13 @@ def linear_probe(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.
     best = max(range(len(grid)), key=lambda i: (scores[i][1], scores[i][0]))
 
     W, b_K = fit_logistic(train_ND, train_y_N, num_classes, grid[best], max_iter=max_iter, init=path[best])
+    correct_M = (val_ND @ W + b_K).argmax(1) == val_y_N
     return {
-        "top1": top1(val_ND, val_y_N, W, b_K),
+        "top1": correct_M.double().mean().item(),
         "wd": grid[best],
         "train_top1": top1(train_ND, train_y_N, W, b_K),
         "heldout": sorted([wd, acc] for wd, acc in scores),
+        "correct": correct_M.cpu(),
     }
 
 

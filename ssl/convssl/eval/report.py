@@ -11,7 +11,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-COLUMNS = ("stage", "channels", "reduction", "grid", "dims", "linear top-1", "wd", "kNN@20", "kNN@200")
+from convssl.eval.verdict import format_difference, format_interval, interval_of
+
+COLUMNS = ("stage", "channels", "reduction", "grid", "dims", "linear top-1 [95% CI]", "wd", "kNN@20", "kNN@200")
 _GREY = (110, 110, 110)
 _COLORS = {"linear": (31, 119, 180), "kNN@20": (255, 127, 14), "kNN@200": (44, 160, 44)}
 
@@ -20,27 +22,67 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def with_interval(stage: dict, metric: str) -> str:
+    """``84.0 [83.3, 84.7]`` for a stage row's metric (``linear``, ``knn20``, ``knn200``);
+    the bare value for reports written before intervals."""
+    value = stage.get("linear_top1" if metric == "linear" else metric)
+    iv = interval_of(stage.get(f"{metric}_ci"), value)
+    return format_interval(iv) if iv is not None else _pct(value)
+
+
 def table_rows(report: dict) -> list[tuple[str, ...]]:
     return [
         (s["name"], str(s["channels"]), str(s["reduction"]), f"{s['grid']}x{s['grid']}", str(s["dims"]),
-         _pct(s["linear_top1"]), f"{s['linear_wd']:.0e}", _pct(s.get("knn20")), _pct(s.get("knn200")))
+         with_interval(s, "linear"), f"{s['linear_wd']:.0e}", with_interval(s, "knn20"), with_interval(s, "knn200"))
         for s in report["stages"]
     ]
 
 
+def _aligned(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def _markdown(rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(rows[0]) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(rows[0]))) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows[1:])]
+
+
 def format_table(report: dict) -> str:
     """The per-stage table as aligned plain text (for the terminal)."""
-    rows = [COLUMNS, *table_rows(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    return "\n".join(lines)
+    return _aligned([COLUMNS, *table_rows(report)])
+
+
+def comparison_rows(report: dict) -> list[tuple[str, ...]]:
+    """Header and one row per stage: linear top-1 of the probed encoder, of every baseline
+    and the paired difference to each, all with 95% intervals."""
+    baselines = report.get("baselines") or []
+    header = ("stage", "probed", *(c for b in baselines for c in (b["label"], f"gain over {b['label']}")))
+    rows = [header]
+    for s, stage in enumerate(report["stages"]):
+        cells = [stage["name"], with_interval(stage, "linear")]
+        for b in baselines:
+            cells.append(with_interval(b["stages"][s], "linear"))
+            cells.append(format_difference(interval_of(b["differences"][s]["linear"], 0.0)))
+        rows.append(tuple(cells))
+    return rows
+
+
+def format_comparison(report: dict) -> str:
+    """The baselines table (linear top-1 in %, paired gains in points) and the verdict lines,
+    as plain text; empty without baselines."""
+    if not report.get("baselines"):
+        return ""
+    return _aligned(comparison_rows(report)) + "\n\n" + "\n".join(report["verdicts"])
 
 
 def format_markdown(report: dict) -> str:
     counts = report["counts"]
     seed = report.get("seed")
     source = report.get("checkpoint") or ("random init" + (f" (seed {seed})" if seed is not None else ""))
+    boot = report.get("bootstrap")
     lines = [
         f"# Probe of `{report['encoder']['spec']}`",
         "",
@@ -50,13 +92,23 @@ def format_markdown(report: dict) -> str:
         "- linear: standardized features, L-BFGS logistic regression, wd chosen on a "
         f"{report['protocol']['heldout']:.0%} held-out split of train, refit on all of train",
         f"- kNN: cosine, votes weighted exp(s/{report['protocol']['knn_temperature']})",
-        f"- time: {report['seconds']['total']:.1f} s",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    if boot:
+        lines.append(f"- intervals: {100 * boot['level']:.0f}% percentile bootstrap over the {counts['val']} val images, "
+                     f"{boot['resamples']} resamples (seed {boot['seed']}); gains paired on the same resamples")
+    lines += [f"- time: {report['seconds']['total']:.1f} s", "", *_markdown([COLUMNS, *table_rows(report)])]
+    if report.get("baselines"):
+        lines += ["", "## Against the baselines (linear top-1 %, same protocol, same images)", ""]
+        lines += [f"- {b['label']}: {_source(b['source'])}" for b in report["baselines"]]
+        lines += ["", *_markdown(comparison_rows(report)), "", "Verdicts:", ""]
+        lines += [f"- {line}" for line in report["verdicts"]]
     return "\n".join(lines) + "\n"
+
+
+def _source(source: dict) -> str:
+    if source.get("kind") == "random":
+        return f"the same architecture at random init (seed {source['seed']})"
+    return f"{source.get('path')} (sha256 {str(source.get('sha256'))[:12]}...) in the same architecture"
 
 
 def _dashed(draw: ImageDraw.ImageDraw, x0: float, x1: float, y: float, fill) -> None:
