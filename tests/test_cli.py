@@ -106,15 +106,22 @@ def test_quickstart_end_to_end_then_export(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["pretrain"]["steps"] == 40
+    report = summary["probe"]
+    (random_init,) = report["baselines"]
+    assert report["chance"] == pytest.approx(0.1) and random_init["source"] == {"kind": "random", "seed": 0}
     best = {}
-    for side in ("pretrained", "random_init"):
-        stages = summary[side]["stages"]
-        assert summary[side]["chance"] == pytest.approx(0.1)
+    for side, stages in (("pretrained", report["stages"]), ("random_init", random_init["stages"])):
         assert [s["name"] for s in stages] == ["8", "12"]
         assert all(0.5 < s["linear_top1"] <= 1.0 for s in stages), stages  # 5x chance: the probe works
+        assert all(s["linear_ci"][0] <= s["linear_top1"] <= s["linear_ci"][1] for s in stages)
         best[side] = max(s["linear_top1"] for s in stages)
     assert best["pretrained"] > best["random_init"], best  # pretraining helped
-    assert "random init" in done.stdout and (out / "probe" / "report.json").is_file()
+    # the quickstart ends with the verdict: one line per stage, then the best stage's
+    lines = done.stdout.strip().splitlines()
+    assert [line.strip() for line in lines[-3:-1]] == summary["verdicts"] == report["verdicts"]
+    top = max(range(2), key=lambda i: report["stages"][i]["linear_top1"])
+    assert lines[-1] == "verdict at the best stage: " + report["verdicts"][top]
+    assert (out / "probe" / "report.json").is_file() and "random init" in done.stdout
 
     exported = tmp_path / "backbone.pth"
     done = subprocess.run([sys.executable, "-m", "convssl", "export", "--ckpt", str(out), "--out", str(exported),

@@ -227,3 +227,16 @@ def test_probe_baseline_errors_are_one_line_and_early(probed_with_baselines, cap
     err = capsys.readouterr().err
     assert "layer4.1.bn2.bias" in err and "bogus.weight" in err and "Traceback" not in err
     assert not (tmp / "wrong_out" / "report.json").exists()
+
+
+def test_python_api_returns_the_same_baselines_and_verdicts(probed_with_baselines, one_thread):
+    import convssl
+
+    main, args, out, tmp = probed_with_baselines
+    if not (out / "report.json").is_file():
+        assert main(args) == 0
+    cli = json.loads((out / "report.json").read_text())
+    api = convssl.probe(args[args.index("--ckpt") + 1], args[args.index("--train") + 1],
+                        args[args.index("--val") + 1], tmp / "api", baselines=["random"], workers=0, max_dims=64)
+    assert api["verdicts"] == cli["verdicts"][:4]  # deterministic: the same protocol, images and resamples
+    assert api["baselines"][0]["differences"] == cli["baselines"][0]["differences"]

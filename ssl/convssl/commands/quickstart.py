@@ -1,8 +1,10 @@
 """``convssl quickstart``: pretrain on the embedded sample, probe, compare with random init.
 
 The README's main command. Everything runs on the Fashion-MNIST sample committed under
-``data/fmnist`` (no download): pretrain with a recipe, linear-probe the pretrained
-encoder and the same architecture at random init, print both side by side.
+``data/fmnist`` (no download): pretrain with a recipe, then one ``probe`` of the pretrained
+encoder with the same architecture at random init as its baseline (``--baseline random``:
+same protocol, same held-out images), and end with the table, 95% intervals and the
+verdict per stage: does pretraining pay?
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from convssl.data.urls import resolve_shards
-    from convssl.encoders import build_encoder
+    from convssl.eval.baselines import BaselineSpec, build_baseline
     from convssl.eval.probe import probe
+    from convssl.eval.status_line import StatusLine
     from convssl.recipe import load_recipe
     from convssl.train import checkpoint as ckpt_io
-    from convssl.train.state import seed_all
     from convssl.train.trainer import pretrain
 
     data, out = Path(args.data), Path(args.out)
@@ -50,46 +52,55 @@ def run(args) -> int:
         resolve_shards(spec)
     resume = ckpt_io.latest(out / "checkpoints") is not None
     t0 = time.perf_counter()
-    print(f"[1/3] pretraining {recipe.task['name']} on {data / 'unlabeled'} -> {out}"
+    print(f"[1/2] pretraining {recipe.task['name']} on {data / 'unlabeled'} -> {out}"
           + (" (resuming)" if resume else ""))
     summary = pretrain(recipe, str(data / "unlabeled"), out, resume=resume, device=args.device)
     t_train = time.perf_counter() - t0
 
     d = recipe.data
-    common = dict(size=d.size, channels=d.channels, mean=d.mean, std=d.std)
-    print(f"[2/3] linear probe of the pretrained encoder (train {data / 'train'}, held out {val})")
+    print(f"[2/2] linear probe and kNN of the pretrained encoder and of the same architecture at random init "
+          f"(seed {recipe.train.seed}), same protocol, same images (train {data / 'train'}, held out {val})")
     encoder, _ = ckpt_io.load_encoder(summary["checkpoint"], trust=[recipe.encoder.spec])
-    trained = probe(encoder, str(data / "train"), val, out_dir=out / "probe", **common)
-    print("[3/3] linear probe of the same encoder at random init (the baseline)")
-    seed_all(recipe.train.seed)
-    baseline = probe(build_encoder(recipe.encoder), str(data / "train"), val,
-                     out_dir=out / "probe_random_init", **common)
-
-    rows = _table(trained, baseline)
-    text = "\n".join([
-        f"# convssl quickstart: {recipe.task['name']} on {recipe.encoder.spec}",
-        f"pretraining: {summary['steps']} steps x {d.batch_size} images, {t_train:.0f} s, "
-        f"{summary['img_per_s']:.1f} img/s; total {time.perf_counter() - t0:.0f} s; "
-        f"probed on {trained['counts']['val']} held-out images",
-        "",
-        "| stage | linear top-1 pretrained | linear top-1 random init | kNN@20 pretrained | kNN@20 random init |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])
+    random_init = build_baseline(BaselineSpec("random", seed=recipe.train.seed), encoder.config)
+    report = probe(encoder, str(data / "train"), val, out_dir=out / "probe", size=d.size, channels=d.channels,
+                   mean=d.mean, std=d.std, checkpoint=summary["checkpoint"], step=summary["steps"],
+                   baselines=[random_init], status=StatusLine())
+    text = summary_text(report, recipe, summary, t_train, time.perf_counter() - t0)
     (out / "quickstart.md").write_text(text + "\n")
-    (out / "quickstart.json").write_text(json.dumps({"pretrained": trained, "random_init": baseline,
+    (out / "quickstart.json").write_text(json.dumps({"probe": report, "verdicts": report["verdicts"],
                                                       "pretrain": summary}, indent=1, default=str))
     print("\n" + text)
     return 0
 
 
-def _table(trained: dict, baseline: dict) -> list[str]:
+def summary_text(report: dict, recipe, summary: dict, t_train: float, t_total: float) -> str:
+    """The quickstart's closing Markdown: the table with intervals, then the verdict per stage,
+    then one line on the best stage."""
+    from convssl.eval.report import with_interval
+    from convssl.eval.verdict import format_difference, interval_of
+
+    baseline = report["baselines"][0]
+    n = report["counts"]["val"]
     rows = []
-    for a, b in zip(trained["stages"], baseline["stages"]):
-        rows.append(f"| {a['name']} | {100 * a['linear_top1']:.1f} | {100 * b['linear_top1']:.1f} | "
-                    f"{_pct(a.get('knn20'))} | {_pct(b.get('knn20'))} |")
-    return rows
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    for s, stage in enumerate(report["stages"]):
+        base, diff = baseline["stages"][s], baseline["differences"][s]
+        rows.append(f"| {stage['name']} | {with_interval(stage, 'linear')} | {with_interval(base, 'linear')} | "
+                    f"{format_difference(interval_of(diff['linear'], 0.0))} | {with_interval(stage, 'knn20')} | "
+                    f"{with_interval(base, 'knn20')} |")
+    best = max(range(len(report["stages"])), key=lambda s: report["stages"][s]["linear_top1"])
+    d = recipe.data
+    return "\n".join([
+        f"# convssl quickstart: {recipe.task['name']} on {recipe.encoder.spec}",
+        f"pretraining: {summary['steps']} steps x {d.batch_size} images, {t_train:.0f} s, "
+        f"{summary['img_per_s']:.1f} img/s; total {t_total:.0f} s; probed on {n} held-out images, "
+        f"95% intervals from {report['bootstrap']['resamples']} bootstrap resamples of them",
+        "",
+        "| stage | linear top-1 pretrained | linear top-1 random init | gain (points, paired) | kNN@20 pretrained "
+        "| kNN@20 random init |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Does pretraining pay? (linear top-1, paired bootstrap over the same held-out images)",
+        *(f"  {d['line']}" for d in baseline["differences"]),
+        f"verdict at the best stage: {baseline['differences'][best]['line']}",
+    ])
