@@ -206,3 +206,91 @@ def test_resume_auto_under_torchrun_all_ranks_take_rank_0s_decision(tmp_path):
     for done in (first, second):
         assert "FutureWarning" not in done.stderr and "broadcast_buffers" not in done.stderr, done.stderr[-3000:]
         assert "re-seeded" not in done.stderr  # the same world size: the exact continuation
+
+
+# ---- C: shards that cannot be read ---------------------------------------------------------
+
+@pytest.fixture()
+def first_shard_empty(tmp_path) -> Path:
+    """A labeled shard folder (no manifest) whose first shard is a 0-byte file."""
+    folder = tmp_path / "train"
+    folder.mkdir()
+    (folder / "shard-000000.tar").write_bytes(b"")
+    (folder / "shard-000001.tar").write_bytes((FMNIST / "train" / "shard-000000.tar").read_bytes())
+    return folder
+
+
+def test_an_empty_first_shard_is_one_line_for_probe_finetune_and_embed(first_shard_empty, tmp_path, capsys):
+    from convssl.train.trainer import pretrain
+
+    ckpt = pretrain(tiny_recipe(train={"max_steps": 1}), str(UNLABELED), tmp_path / "run", progress=False)["checkpoint"]
+    trust = ["--trust-encoder", "custom_nets:small_convnet"]
+    commands = {
+        "probe": ["probe", "--ckpt", ckpt, *trust, "--train", first_shard_empty, "--val", FMNIST / "test",
+                  "--out", tmp_path / "probe"],
+        "finetune": ["finetune", "--ckpt", ckpt, *trust, "--train", first_shard_empty, "--val", FMNIST / "test",
+                     "--out", tmp_path / "finetune", "--max-steps", "1"],
+        "embed": ["embed", "--ckpt", ckpt, *trust, "--data", first_shard_empty, "--out", tmp_path / "embed",
+                  "--method", "pca"],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main([str(a) for a in argv]) == 2, name
+        line = one_line_error(capsys.readouterr().err)
+        assert "shard-000000.tar" in line and "ReadError: empty file" in line, (name, line)
+        assert "Traceback" not in line
+
+
+def test_a_frozen_http_server_is_reported_at_its_first_timeout(tmp_path):
+    """A server that accepts and never answers: each silent timeout is said at once
+    (retry i of n, no data for T s), and the error follows its retries, in seconds."""
+    import threading
+
+    from convssl.data.reader import ShardDataset
+    from convssl.errors import DataError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.1)
+    held, stopping = [], threading.Event()
+
+    def accept_and_say_nothing():
+        while not stopping.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/shard-000000.tar"
+    started = time.perf_counter()
+    try:
+        with pytest.warns(UserWarning, match=r"shard-000000\.tar: .*timed out \(no data for 0\.5 s: the server "
+                                             r"accepted the connection but did not answer\); retry 1 of 2 in 0\.05 s"):
+            with pytest.raises(DataError, match=r"giving up|corrupt or unreadable"):
+                list(ShardDataset([url], timeout=0.5, retries=2, retry_delay=0.05))
+    finally:
+        stopping.set()
+        thread.join(timeout=10)
+        for conn in held:
+            conn.close()
+        server.close()
+    assert time.perf_counter() - started < 20
+
+
+def test_finetune_out_is_locked_too(tmp_path, capsys):
+    code = ("import sys, time; from convssl.run_lock import RunLock; "
+            "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ft")], env=ENV, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["finetune", "--ckpt", tmp_path / "no-such.pt", "--train", FMNIST / "train", "--val", FMNIST / "test",
+                "--out", tmp_path / "ft", "--max-steps", "1"]
+        assert main([str(a) for a in argv]) == 2
+        assert f"is in use by a running convssl run (pid {holder.pid}" in one_line_error(capsys.readouterr().err)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -176,3 +176,24 @@ def _running(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def locks_out_dir(parameter: str = "out", what: str = "--out"):
+    """Decorator: the function runs holding a ``RunLock`` on its argument ``parameter``
+    (on the first process of a torchrun job only: it alone writes the run's files)."""
+    import functools
+    import inspect
+
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args, **kwargs):
+            from convssl.dist import from_env
+
+            if not from_env().is_main:
+                return function(*args, **kwargs)
+            with RunLock(signature.bind(*args, **kwargs).arguments[parameter], what):
+                return function(*args, **kwargs)
+        return locked
+    return decorate

@@ -65,7 +65,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from convssl.data.manifest import Manifest
-from convssl.data.tar_stream import SHARD_ERRORS, is_local, iter_shard
+from convssl.data.tar_stream import SHARD_ERRORS, describe_failure, is_local, iter_shard
 from convssl.data.urls import resolve_shards
 from convssl.errors import DataError
 
@@ -378,12 +378,15 @@ class ShardDataset(IterableDataset):
                 break
             except SHARD_ERRORS as err:
                 failures += 1
-                state.last_failure = f"{piece.url}: {type(err).__name__}: {err}"
+                state.last_failure = f"{piece.url}: {describe_failure(getattr(err, 'cause', err), self.timeout)}"
                 if failures > retries:
                     self._give_up(piece, len(wanted) - done if piece.stop is not None else 1, failures, state)
                     return
                 state.add("retries")
-                time.sleep(self.retry_delay * 2 ** (failures - 1))
+                delay = self.retry_delay * 2 ** (failures - 1)
+                # said at once: a frozen server otherwise means minutes of silence before the error
+                warnings.warn(f"shard {state.last_failure}; retry {failures} of {retries} in {delay:g} s", stacklevel=2)
+                time.sleep(delay)
         if piece.stop is not None and done < len(wanted):
             missing = len(wanted) - done
             state.last_failure = (f"{piece.url}: it holds {index + 1} samples, its manifest says more "

@@ -16,7 +16,8 @@ mode, gzip detected) and members grouped into samples by ``group_by_keys``: the 
 the member path up to the first "." of its file name, the extension is the rest
 (``a/b.seg.png`` -> key ``a/b``, extension ``seg.png``). No tar parsing is done here.
 
-Failures surface as ``OSError`` (missing file, HTTP error, a failing ``pipe:`` command),
+Failures surface as ``UnreadableShard`` (a ``DataError`` and an ``OSError``) from
+``iter_shard``, its ``cause`` one of: ``OSError`` (missing file, HTTP error, a failing ``pipe:`` command),
 ``http.client.HTTPException`` (a connection cut mid-body),
 ``tarfile.TarError`` (not a tar, cut inside a member) or ``ValueError`` (duplicate
 members); ``SHARD_ERRORS`` lists them for callers.
@@ -35,6 +36,8 @@ from urllib.parse import urlparse
 
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from convssl.errors import DataError
 
 SHARD_ERRORS = (OSError, EOFError, http.client.HTTPException, tarfile.TarError, zlib.error, ValueError)
 _HTTP_SCHEMES = ("http", "https")
@@ -89,8 +92,40 @@ class _CheckedBody(io.RawIOBase):
         super().close()
 
 
+class UnreadableShard(DataError, OSError):
+    """A shard that cannot be opened or read (``cause``: the original error). A
+    ``DataError``, so a command that reads shards directly (probe's label check, the
+    fine-tuning label index) stops with one line naming the shard instead of a
+    ``tarfile`` traceback; an ``OSError``, so the reader's retry and give-up logic
+    (``SHARD_ERRORS``) treats it as before."""
+
+    def __init__(self, url: str, cause: BaseException, timeout: float):
+        self.url, self.cause = url, cause
+        super().__init__(f"cannot read shard {url}: {describe_failure(cause, timeout)}")
+
+
+def describe_failure(err: BaseException, timeout: float) -> str:
+    """One line for a shard failure, saying what it means where Python's words do not."""
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, tarfile.ReadError) and "empty file" in str(err):
+        return text + " (a 0-byte file is no tar archive: an interrupted copy? rebuild it with `convssl shards`)"
+    if isinstance(err, TimeoutError) or "timed out" in str(err):
+        return text + f" (no data for {timeout:g} s: the server accepted the connection but did not answer)"
+    return text
+
+
 def iter_shard(url: str, *, timeout: float = 60.0) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """The samples of the tar shard at ``url``, in file order; raises one of ``SHARD_ERRORS``."""
+    """The samples of the tar shard at ``url``, in file order; raises ``UnreadableShard``
+    (an ``OSError``, so one of ``SHARD_ERRORS``) with the original error as its cause."""
+    try:
+        yield from _iter_shard(url, timeout)
+    except UnreadableShard:
+        raise
+    except SHARD_ERRORS as err:
+        raise UnreadableShard(url, err, timeout) from err
+
+
+def _iter_shard(url: str, timeout: float) -> Iterator[tuple[str, dict[str, bytes]]]:
     stream = open_shard(url, timeout=timeout)
     completed = False
     try:

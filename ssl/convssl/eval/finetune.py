@@ -38,6 +38,7 @@ from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder, build_encoder
 from convssl.errors import ConfigError, ConvsslError, DataError
+from convssl.run_lock import locks_out_dir
 from convssl.eval import label_subset
 from convssl.eval.features import labeled_batches
 from convssl.eval.finetune_config import RESUMABLE_CHANGES, FinetuneConfig
@@ -117,6 +118,7 @@ def make_plan(cfg: FinetuneConfig, num_samples: int, world_size: int) -> Plan:
                 warmup_steps=round(cfg.warmup * total), peak_lr=cfg.lr_per_256 * g / 256)
 
 
+@locks_out_dir("out")  # one run per run directory, as pretrain
 def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: FinetuneConfig, *,
              init: str = "pretrained", labels: str | Path | None = None, resume: bool = False,
              device: str | None = None, progress: bool = True, stop_after: int | None = None,
