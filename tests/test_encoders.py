@@ -130,3 +130,50 @@ def test_bad_inputs_get_clear_errors():
         enc(torch.randn(1, 1, 64, 64))
     with pytest.raises(EncoderError, match="smaller than the encoder's total reduction 32"):
         enc(torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("size, small_input, lost, smallest", [
+    (4, False, "layer1, layer2, layer3, layer4", 32),  # 2x2 after conv1, 1x1 from the max-pool on
+    (1, False, "layer1, layer2, layer3", 32),  # all 1x1 from conv1 on: one merged stage ending at layer4
+    (16, False, "layer3", 32),  # layer3 and layer4 both 1x1: merged into one stage
+    (4, True, "layer3", 8),  # small-input stem: layer3 and layer4 both 1x1
+])
+def test_a_size_at_which_resnet_stages_collapse_is_refused(size, small_input, lost, smallest):
+    """ResNet-18's stages are layer1-4 at any size where each has its own resolution; at a
+    size where maps shrink to 1x1 they merge or fall into the head, which is dropped."""
+    with pytest.raises(EncoderError, match=rf"input size {size} px is too small .*stage\(s\) {lost} shrink.*>= {smallest}"):
+        build_encoder("torchvision:resnet18", in_chans=1, input_size=size, small_input=small_input)
+    fine = build_encoder("torchvision:resnet18", in_chans=1, input_size=smallest, small_input=small_input)
+    assert fine.stage_names == ["layer1", "layer2", "layer3", "layer4"]
+
+
+def test_sizes_that_keep_every_stage_and_fixed_size_models_still_build():
+    # layer4 at 1x1 is its own stage at 32 px: nothing merged, nothing refused
+    assert build_encoder("torchvision:resnet18", input_size=32).reductions == [4, 8, 16, 32]
+
+    class FixedSize(nn.Module):  # cannot run at the reference size: no comparison, no refusal
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            assert x.shape[-1] == 2, "built for 2 px"
+            return self.conv2(self.conv(x))
+
+    assert len(Encoder(FixedSize(), input_size=2, in_chans=1).stages) == 1
+
+
+def test_a_pretrain_at_4_px_stops_before_training(tmp_path, capsys):
+    from pathlib import Path
+
+    from convssl.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    argv = ["pretrain", "--recipe", str(root / "recipes/rotation_resnet18_small.yaml"), "--data",
+            str(root / "data/fmnist/unlabeled"), "--out", str(tmp_path / "run"), "--max-steps", "2", "--quiet",
+            "--set", "data.size=4", "--set", "encoder.small_input=false", "--set", "optim.warmup_epochs=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "input size 4 px is too small for torchvision:resnet18" in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from convssl.encoders import stem
 from convssl.encoders.sources import build_model
-from convssl.encoders.stages import Stage, Trunk, discover, stages_for_names
+from convssl.encoders.stages import discover, stages_for_names, stages_lost_at
 from convssl.errors import EncoderError
 
 
@@ -59,10 +59,14 @@ class Encoder(nn.Module):
         self.config = config
         self.in_chans = in_chans or stem.conv_in_channels(model)
         self.input_size = input_size
+        if not isinstance(input_size, int) or input_size < 1:
+            raise EncoderError(f"input size {input_size!r} must be a positive number of pixels")
         probe = torch.zeros(2, self.in_chans, input_size, input_size)
         was_training = model.training
         model.eval()
         trunk = discover(model, probe)
+        if trunk.collapsed and not stages:
+            self._refuse_lost_stages(model, trunk, config)
         if stages:
             self.stages = stages_for_names(model, probe, list(stages))
             self._chain = trunk.chain if set(stages) <= set(trunk.chain) else []
@@ -76,6 +80,20 @@ class Encoder(nn.Module):
         if self._chain and not self._chain_matches(probe):
             self._chain = []  # the forward is not a plain chain: capture stages with hooks
         model.train(was_training)
+
+    def _refuse_lost_stages(self, model: nn.Module, trunk, config: EncoderConfig | None) -> None:
+        """Stages discovered at a size where maps shrink to 1x1 merge or fall into the (dropped)
+        head: a ResNet at 4 px would train a 3k-parameter encoder and export it as verified."""
+        found = stages_lost_at(model, self.in_chans, trunk)
+        if found is None:
+            return
+        lost, smallest = found
+        name = config.spec if config else type(model).__name__
+        hint = " (or encoder.small_input: true, a stem for 28-64 px images)" if config and not config.small_input else ""
+        raise EncoderError(
+            f"input size {self.input_size} px is too small for {name}: its stage(s) {', '.join(lost)} shrink to 1x1 "
+            f"maps there and would merge or be dropped with the head (found at this size: "
+            f"{', '.join(s.name for s in trunk.stages)}). Use data.size / encoder.input_size >= {smallest}{hint}")
 
     # ---- declared layout -------------------------------------------------------------
     @property

@@ -21,6 +21,9 @@ import torch.nn as nn
 from convssl.errors import EncoderError
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+# The size at which an input-size check compares stages: every common convnet keeps all of
+# its stages apart there (a ResNet's last stage is 8x8).
+REFERENCE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Trunk:
     chain: list[str]
     stages: list[Stage]
     head: list[str] = field(default_factory=list)
+    # a map shrank to 1x1 before global pooling: later stages may have merged or fallen into the head
+    collapsed: bool = False
 
 
 @dataclass
@@ -120,7 +125,7 @@ def _is_head_start(model: nn.Module, name: str, call: _Call) -> bool:
     if not call.done or call.out_hw is None:
         return True  # failed, or returns something other than a BCHW map
     module = model.get_submodule(name)
-    if isinstance(module, _GLOBAL_POOLS) or "AdaptivePool" in type(module).__name__:
+    if _is_global_pool(module):
         return True
     shrinks_to_point = call.out_hw == (1, 1) and call.in_hw not in (None, (1, 1))
     return shrinks_to_point and not any(True for _ in module.parameters())
@@ -155,7 +160,35 @@ def discover(model: nn.Module, x_BCHW: torch.Tensor) -> Trunk:
     ends = [g[-1] for g in groups]
     reductions = _reductions(model, x_BCHW, ends, calls)
     stages = [Stage(n, calls[n].out_c, r) for n, r in zip(ends, reductions)]
-    return Trunk(chain=trunk, stages=stages, head=head)
+    ungated = trunk + [n for n in head[:1] if not _is_global_pool(model.get_submodule(n))]
+    collapsed = any(calls[n].out_hw == (1, 1) for n in ungated if calls[n].done)
+    return Trunk(chain=trunk, stages=stages, head=head, collapsed=collapsed)
+
+
+def _is_global_pool(module: nn.Module) -> bool:
+    return isinstance(module, _GLOBAL_POOLS) or "AdaptivePool" in type(module).__name__
+
+
+def stages_lost_at(model: nn.Module, in_chans: int, trunk: Trunk) -> tuple[list[str], int] | None:
+    """``(stage names, smallest size)`` when ``trunk`` (found at a size where a map shrank to
+    1x1) lacks stages the model has at ``REFERENCE_SIZE``: they merged into one 1x1 stage or
+    fell into the head. The size is the smallest power of two keeping them all. None when
+    nothing is lost, or when the model cannot run at the reference size (fixed-size models).
+    Call with ``model`` in eval mode."""
+    def names_at(size: int) -> list[str]:
+        return [s.name for s in discover(model, torch.zeros(1, in_chans, size, size)).stages]
+
+    try:
+        wanted = names_at(REFERENCE_SIZE)
+    except EncoderError:
+        return None
+    lost = [n for n in wanted if n not in {s.name for s in trunk.stages}]
+    if not lost:
+        return None
+    size = 2
+    while size < REFERENCE_SIZE and names_at(size) != wanted:
+        size *= 2
+    return lost, size
 
 
 def _reductions(model: nn.Module, x_BCHW: torch.Tensor, names: list[str], calls: dict[str, _Call]) -> list[int]:
