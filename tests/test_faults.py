@@ -35,7 +35,8 @@ def pretrain_argv(out: Path, *extra, steps: int = 40) -> list[str]:
             "--out", str(out), "--max-steps", str(steps), "--quiet", "--device", "cpu",
             "--set", "encoder.spec=custom_nets:small_convnet", "--set", "encoder.small_input=false",
             "--set", "data.size=16", "--set", "data.batch_size=8", "--set", "train.ckpt_every=0",
-            "--set", "train.log_every=1", "--set", "train.channels_last=false", *extra]
+            "--set", "train.log_every=1", "--set", "train.channels_last=false", "--set", "optim.warmup_epochs=0",
+            *extra]
 
 
 def start(argv: list[str]) -> subprocess.Popen:
@@ -294,3 +295,62 @@ def test_finetune_out_is_locked_too(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+# ---- C: a full disk -------------------------------------------------------------------------
+
+def _small_disk_shell(mountpoint: Path, size: str, command: list[str]) -> list[str]:
+    """``command`` run with a real ``size`` tmpfs at ``mountpoint``, in a private user and
+    mount namespace (no root needed, nothing left mounted); skips where namespaces are off."""
+    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {mountpoint}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs in a user namespace here: {probe.stderr.strip()}")
+    import shlex
+
+    return ["unshare", "-Urm", "sh", "-c",
+            f"mount -t tmpfs -o size={size} tmpfs {mountpoint} && exec {shlex.join(command)}"]
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_last_checkpoint_survives(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = disk / "run"
+    argv = [sys.executable, "-m", "convssl", *pretrain_argv(run, "--set", "train.ckpt_every=1", "--set",
+                                                          "train.keep_checkpoints=100", steps=30),
+            "--set", "train.log_every=100"]
+    # 2 MiB holds three checkpoints of this model (590 KB each) and the logs
+    done = subprocess.run(_small_disk_shell(disk, "2m", argv), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = one_line_error(done.stderr)
+    assert "the checkpoint of step 4 was not saved: cannot write" in line and "step-00000004.pt" in line, line
+    assert "no space left on device (0 bytes free on its file system)" in line, line
+    assert "step-00000003.pt, is intact: continue from it with --resume" in line, line
+
+
+def test_an_export_past_the_file_size_limit_is_one_line_naming_the_file(tmp_path):
+    """RLIMIT_FSIZE makes the write fail for real (EFBIG, SIGXFSZ ignored as batch systems
+    do); torch reports it without an errno. Nothing half written is left."""
+    import resource
+
+    from convssl.train.trainer import pretrain
+
+    ckpt = pretrain(tiny_recipe(train={"max_steps": 1}), str(UNLABELED), tmp_path / "run", progress=False)["checkpoint"]
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "backbone.pth").write_bytes(b"the previous export")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+
+    done = subprocess.run([sys.executable, "-m", "convssl", "export", "--ckpt", ckpt, "--out", out / "backbone.pth",
+                           "--trust-encoder", "custom_nets:small_convnet"], env=ENV, capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit_file_size)
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = one_line_error(done.stderr)
+    assert f"cannot write {str(out / 'backbone.pth')!r}: file too large (the file size limit, ulimit -f, is 16.0 KiB)" \
+           in line, line
+    assert "the previous file is intact" in line
+    assert (out / "backbone.pth").read_bytes() == b"the previous export"
+    assert [p.name for p in out.iterdir()] == ["backbone.pth"]  # no temp left behind

@@ -21,7 +21,7 @@ import yaml
 
 from convssl import __version__
 from convssl import dist as cdist
-from convssl.atomic import clean_stale_temps
+from convssl.atomic import NoSpaceError, clean_stale_temps
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError, ConvsslError
 from convssl.recipe import Recipe, check_batch, recipe_from_dict
@@ -245,10 +245,13 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
                 window["n"] += 1
             if step % max(1, cfg.log_every) == 0 or step == end or guard.diverged or stop_now:
                 last_scalars = _log(window, step, lr, wd, plan, info, log, bar, guard.skipped)
-            if watch is not None and cfg.monitor_every and step % cfg.monitor_every == 0:
+            # every periodic event also fires once at the run's last step (a 4-step run with
+            # monitor_every 100 would otherwise end without a single monitor figure)
+            last_step = step == plan.total_steps
+            if watch is not None and cfg.monitor_every and (step % cfg.monitor_every == 0 or last_step):
                 log.scalars(step, watch.evaluate(task.export_encoder()))
                 bar.note = watch.note
-            if ok and cfg.image_every and step % cfg.image_every == 0 and info.is_main:
+            if ok and cfg.image_every and (step % cfg.image_every == 0 or last_step) and info.is_main:
                 with torch.no_grad():
                     picture = task.pictures(batch)
                 if picture is not None:
@@ -330,7 +333,7 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
     path = ckpt_io.step_path(ckpt_dir, step)
     if info.is_main:
         encoder = task.export_encoder()
-        ckpt_io.save_atomic({
+        _save_or_explain({
             "format": ckpt_io.FORMAT,
             "step": step,
             "epoch": step / plan.steps_per_epoch,
@@ -343,10 +346,21 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
             "scaler": scaler.state_dict(),
             "rng": rng,
             "versions": _versions(),
-        }, path)
+        }, path, step)
         _prune(ckpt_dir, recipe.train.keep_checkpoints)
     cdist.barrier()
     return path
+
+
+def _save_or_explain(state: dict, path: Path, step: int) -> None:
+    """``save_atomic``; on a full disk, the error says what survives and how to go on."""
+    try:
+        ckpt_io.save_atomic(state, path)
+    except NoSpaceError as exc:
+        last = ckpt_io.latest(path.parent)
+        raise NoSpaceError(f"the checkpoint of step {step} was not saved: {exc}"
+                           + (f"; the last checkpoint, {last}, is intact: continue from it with --resume"
+                              if last else "")) from None
 
 
 def _buffer_sync(every_forward: bool) -> dict:
