@@ -240,3 +240,26 @@ def test_python_api_returns_the_same_baselines_and_verdicts(probed_with_baseline
                         args[args.index("--val") + 1], tmp / "api", baselines=["random"], workers=0, max_dims=64)
     assert api["verdicts"] == cli["verdicts"][:4]  # deterministic: the same protocol, images and resamples
     assert api["baselines"][0]["differences"] == cli["baselines"][0]["differences"]
+
+
+def test_monitor_reports_the_knn_interval_and_its_gain_over_random_init():
+    """The online monitor's kNN gets its interval, and its paired gain over the same
+    architecture at random init (seed = the monitor's) is exactly 0 for that very encoder."""
+    from convssl.data.config import DataConfig
+    from convssl.encoders import EncoderConfig
+    from convssl.eval.baselines import random_init
+    from convssl.train.monitor import Monitor
+
+    monitor = Monitor(str(FMNIST / "train"), DataConfig(size=16, channels=1, mean=(0.286,), std=(0.353,)),
+                      samples=200, probe_epochs=1, seed=3)
+    cfg = EncoderConfig(spec="torchvision:resnet18", in_chans=1, input_size=16, small_input=True)
+    same = monitor.evaluate(random_init(cfg, 3))
+    assert same["monitor/knn_low"] <= same["monitor/knn_top1"] <= same["monitor/knn_high"]
+    assert (same["monitor/knn_gain"], same["monitor/knn_gain_low"], same["monitor/knn_gain_high"]) == (0.0, 0.0, 0.0)
+    assert monitor.summary.endswith("+0.0 [+0.0, +0.0] over random init: no gain measurable")
+    other = monitor.evaluate(random_init(cfg, 4))  # another draw: the same baseline, a nonzero paired gain
+    (gain,) = paired_differences(monitor._knn_correct(monitor.features(random_init(cfg, 4))),
+                                 monitor.random_init_correct, seed=3)
+    assert other["monitor/knn_gain"] == gain.value
+    assert gain.value == pytest.approx(other["monitor/knn_top1"] - same["monitor/knn_top1"], abs=1e-12)
+    assert (other["monitor/knn_gain_low"], other["monitor/knn_gain_high"]) == (gain.low, gain.high)

@@ -19,6 +19,10 @@ from pathlib import Path
 import yaml
 
 from convssl.errors import ConvsslError
+from convssl.eval.bootstrap import RESAMPLES, SEED, Interval, paired_differences
+from convssl.eval.correctness import unpack_bits
+from convssl.eval.report import with_interval
+from convssl.eval.verdict import format_difference, format_interval, interval_of, verdict_line
 
 
 @dataclass
@@ -117,6 +121,10 @@ def best_probe(run: RunSummary) -> tuple[str, float] | None:
     return stage["name"], stage["linear_top1"]
 
 
+def _best_index(probe: dict) -> int:
+    return max(range(len(probe["stages"])), key=lambda i: probe["stages"][i]["linear_top1"])
+
+
 def knn_of_best(run: RunSummary) -> float | None:
     if not run.probe:
         return None
@@ -124,23 +132,52 @@ def knn_of_best(run: RunSummary) -> float | None:
     return stage.get("knn20")
 
 
+def _best_cell(run: RunSummary) -> str:
+    """``84.0 [83.3, 84.7] (layer3)``: the best stage's linear top-1 with its interval."""
+    if not run.probe:
+        return "-"
+    stage = run.probe["stages"][_best_index(run.probe)]
+    return f"{with_interval(stage, 'linear')} ({stage['name']})"
+
+
+def _gain_cell(run: RunSummary) -> str:
+    """The paired gain at the best stage over the probe's first baseline, with its verdict."""
+    if not run.probe or not run.probe.get("baselines"):
+        return "-"
+    base = run.probe["baselines"][0]
+    diff = base["differences"][_best_index(run.probe)]
+    return f"{format_difference(interval_of(diff['linear'], 0.0))} {diff['verdict']} ({base['label']})"
+
+
+def _monitor_knn_cell(run: RunSummary) -> str:
+    """The online monitor's last kNN top-1, with its interval and its gain over random init when logged."""
+    knn = run.last("monitor/knn_top1")
+    if knn is None:
+        return "-"
+    low, high = run.last("monitor/knn_low"), run.last("monitor/knn_high")
+    text = f"{100 * knn:.1f}" if low is None or high is None else format_interval(Interval(knn, low, high))
+    gain = [run.last(f"monitor/knn_gain{k}") for k in ("", "_low", "_high")]
+    if None not in gain:
+        text += f", {format_difference(Interval(*gain))} over random init"
+    return text
+
+
 TABLE_COLUMNS = ("run", "task", "encoder", "steps", "batch", "final loss", "img/s", "train s",
-                 "probe best top-1 % (stage)", "kNN@20 %", "monitor probe %", "monitor kNN %",
-                 "eff. rank", "collapsed")
+                 "probe best top-1 % [95% CI] (stage)", "gain over baseline (best stage)", "kNN@20 %",
+                 "monitor probe %", "monitor kNN % [95% CI]", "eff. rank", "collapsed")
 
 
 def markdown_table(runs: list[RunSummary]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(TABLE_COLUMNS) - 3)) + "|"]
     for r in runs:
         steps = r.metrics[-1]["step"] if r.metrics else None
-        best = best_probe(r)
         collapsed = r.last("monitor/collapsed")
         cells = [
             r.name, r.task, str(r.config.get("encoder", {}).get("spec", "?")), _fmt(int(steps) if steps is not None else None, "d"),
             _fmt(r.config.get("run", {}).get("global_batch") or r.config.get("data", {}).get("batch_size"), ""),
             _fmt(r.last("loss")), _fmt(r.mean("img_per_s"), ".1f"), _fmt(r.wall_seconds(), ".0f"),
-            "-" if best is None else f"{100 * best[1]:.1f} ({best[0]})", _fmt(knn_of_best(r), ".1f", 100),
-            _fmt(r.last("monitor/probe_top1"), ".1f", 100), _fmt(r.last("monitor/knn_top1"), ".1f", 100),
+            _best_cell(r), _gain_cell(r), _fmt(knn_of_best(r), ".1f", 100),
+            _fmt(r.last("monitor/probe_top1"), ".1f", 100), _monitor_knn_cell(r),
             _fmt(r.last("monitor/eff_rank"), ".1f"), "-" if collapsed is None else ("yes" if collapsed else "no"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -156,7 +193,7 @@ def stage_table(runs: list[RunSummary]) -> str | None:
     header = "| run | " + " | ".join(f"stage {i + 1}" for i in range(width)) + " |"
     lines = [header, "|---|" + "---:|" * width]
     for r in probed:
-        cells = [f"{100 * s['linear_top1']:.1f} ({s['name']})" for s in r.probe["stages"]]
+        cells = [f"{with_interval(s, 'linear')} ({s['name']})" for s in r.probe["stages"]]
         cells += ["-"] * (width - len(cells))
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -221,10 +258,85 @@ def plot_all(runs: list[RunSummary], out: Path) -> list[Path]:
     return written
 
 
-def compare_runs(run_dirs: list[str | Path], out: str | Path) -> dict:
-    """Write ``compare.md`` and the plots into ``out``; returns {"markdown", "plots", "warnings"}."""
+def load_probe_report(path: str | Path) -> tuple[dict, Path]:
+    """A probe report from a ``report.json``, a folder holding one, or a run directory (its probe)."""
+    path = Path(path)
+    found = path if path.is_file() else (path / "report.json" if (path / "report.json").is_file() else
+                                         (_find_probe(path) if path.is_dir() else None))
+    if found is None:
+        raise ConvsslError(f"--baseline {str(path)!r}: no probe report.json there (give a report.json, its folder, "
+                           "or a run directory with a probe)")
+    try:
+        report = json.loads(found.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConvsslError(f"--baseline {str(found)!r} is not JSON ({exc})") from None
+    if not isinstance(report, dict) or "stages" not in report:
+        raise ConvsslError(f"--baseline {str(found)!r} is not a convssl probe report")
+    return report, found
+
+
+def paired_gains(report: dict, base: dict) -> tuple[list[tuple[str, Interval]], str | None]:
+    """Per stage present in both (by name), ``report``'s linear top-1 minus ``base``'s with its
+    paired bootstrap interval, recomputed from the stored per-image correctness. Returns
+    ``(gains, None)``, or ``([], why)`` when the two cannot be paired (another held-out set,
+    or reports written before correctness was stored)."""
+    held, held_base = report.get("heldout"), base.get("heldout")
+    if not held or not held_base:
+        return [], "a report without per-image correctness (probed before intervals); probe it again"
+    if (held["count"], held["labels_sha256"]) != (held_base["count"], held_base["labels_sha256"]):
+        return [], (f"held out on other images ({held['count']} vs {held_base['count']}, or another label "
+                    "sequence); pairing needs the same val shards")
+    boot = report.get("bootstrap", {})
+    n, by_name = held["count"], {s["name"]: s for s in base["stages"]}
+    gains = []
+    for stage in report["stages"]:
+        other = by_name.get(stage["name"])
+        if other is None:
+            continue
+        (diff,) = paired_differences(unpack_bits(stage["correct"]["linear"], n),
+                                     unpack_bits(other["correct"]["linear"], n),
+                                     resamples=boot.get("resamples", RESAMPLES), seed=boot.get("seed", SEED))
+        gains.append((stage["name"], diff))
+    if not gains:
+        return [], "no stage name in common with the baseline's"
+    return gains, None
+
+
+def baseline_section(runs: list[RunSummary], base: dict, base_name: str) -> tuple[str, list[str]]:
+    """Markdown: every probed run's paired gain per stage over the ``base`` report, and a verdict
+    line at each run's best stage; plus warnings for runs that cannot be paired."""
+    lines, warnings = [], []
+    n = (base.get("heldout") or {}).get("count", base.get("counts", {}).get("val"))
+    rows, verdicts = [], []
+    for r in runs:
+        if not r.probe:
+            continue
+        gains, why = paired_gains(r.probe, base)
+        if why:
+            warnings.append(f"{r.name}: not compared with {base_name}: {why}")
+            continue
+        rows.append(f"| {r.name} | " + " | ".join(f"{format_difference(d)} ({name})" for name, d in gains) + " |")
+        best = r.probe["stages"][_best_index(r.probe)]["name"]
+        for name, d in gains:
+            if name == best:
+                verdicts.append(f"- {r.name}, best stage {verdict_line(name, d, base_name, n)}")
+    if rows:
+        width = max(row.count(" | ") for row in rows)
+        lines = [f"## Gains over {base_name} (linear top-1, points, paired bootstrap over the same {n} images)", "",
+                 "| run | " + " | ".join(f"stage {i + 1}" for i in range(width)) + " |",
+                 "|---|" + "---:|" * width, *rows, "", *verdicts]
+    return "\n".join(lines), warnings
+
+
+def compare_runs(run_dirs: list[str | Path], out: str | Path, baseline: str | Path | None = None) -> dict:
+    """Write ``compare.md`` and the plots into ``out``; returns {"markdown", "plots", "warnings"}.
+
+    ``baseline``: a probe report (file, folder or run directory) every probed run is paired
+    with, image by image (the same val shards), for gains with intervals and verdicts.
+    """
     if not run_dirs:
         raise ConvsslError("compare needs at least one run directory")
+    base = load_probe_report(baseline) if baseline is not None else None
     runs = [load_run(p) for p in run_dirs]
     unique_names(runs)
     out = Path(out)
@@ -238,9 +350,26 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> dict:
     parts = ["# Run comparison", "", markdown_table(runs)]
     stages = stage_table(runs)
     if stages:
-        parts += ["", "## Linear probe top-1 per stage (%)", "", stages]
+        parts += ["", "## Linear probe top-1 per stage (%, 95% CI)", "", stages]
+    if base is not None:
+        report, found = base
+        section, more = baseline_section(runs, report, _base_name(report, found))
+        warnings += more
+        if section:
+            parts += ["", section]
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     text = "\n".join(parts) + "\n"
     (out / "compare.md").write_text(text)
     return {"markdown": text, "plots": [str(p) for p in plots], "warnings": warnings}
+
+
+def _base_name(report: dict, found: Path) -> str:
+    """How verdicts name a baseline report: its checkpoint's run, or "random init" for a random-init probe."""
+    if report.get("checkpoint"):
+        ckpt = Path(report["checkpoint"])
+        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        return f"{run.name or ckpt.name} (step {report.get('step')})"
+    if report.get("seed") is not None:
+        return f"random init (seed {report['seed']})"
+    return str(found)

@@ -18,7 +18,12 @@ in eval mode without gradients, then:
   features spread like a Gaussian, 0 when every image maps to one point), and
   ``eff_rank``, the effective rank of the centred features (Roy and Vetterli 2007:
   exp of the entropy of the normalised singular values; RankMe, Garrido et al. 2023).
-  Collapse is flagged when ``feat_std < COLLAPSE_STD`` or ``eff_rank < COLLAPSE_RANK``.
+  Collapse is flagged when ``feat_std < COLLAPSE_STD`` or ``eff_rank < COLLAPSE_RANK``;
+- the kNN top-1's 95% bootstrap interval over the held-out part and its paired gain over
+  the same architecture at random init (seeded; its kNN computed once, at the first
+  check), as ``convssl probe --baseline random`` reports them (``convssl.eval.bootstrap``);
+  ``summary`` is the last check's line, e.g. ``kNN@20 71.0 [64.5, 77.0] on 200 images,
+  +6.0 [+1.5, +10.5] over random init: pays``.
 
 Nothing here draws from torch's global random stream (the probe starts at zero, batches
 are shuffled by a generator of its own), so a run with monitoring trains exactly as one
@@ -37,7 +42,9 @@ import torch.nn.functional as F
 from convssl.data.normalize import normalize
 from convssl.errors import DataError
 from convssl.eval.features import labeled_batches
-from convssl.eval.knn import knn_eval
+from convssl.eval.bootstrap import accuracy_intervals, paired_differences
+from convssl.eval.knn import knn_correct
+from convssl.eval.verdict import classify, format_difference, format_interval
 
 KNN_K, KNN_T = 20, 0.07
 COLLAPSE_STD = 0.01    # normalised std x sqrt(D): 0 collapsed; random convnets give 0.08 (BN) to 0.2 (GN)
@@ -95,6 +102,9 @@ class Monitor:
         self.probe: torch.nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.note = ""
+        self.summary = ""  # the last check's kNN with its interval and its gain over random init
+        self.seed = seed
+        self.random_init_correct: torch.Tensor | None = None
 
     @torch.no_grad()
     def features(self, encoder) -> torch.Tensor:
@@ -117,13 +127,42 @@ class Monitor:
         y_fit, y_held = self.y_N[: self.n_fit], self.y_N[self.n_fit:]
         if len(held) == 0:
             held, y_held = fit, y_fit
-        knn = knn_eval(fit, y_fit, held, y_held, ks=(KNN_K,), temperature=KNN_T, num_classes=self.num_classes)[KNN_K]
+        correct = self._knn_correct(feats_ND)
+        knn = float(correct.double().mean())
         probe = self._train_probe(fit, y_fit, held, y_held)
         feat_std, rank = normalized_std(feats_ND), effective_rank(feats_ND)
         collapsed = feat_std < COLLAPSE_STD or rank < COLLAPSE_RANK
         self.note = f"COLLAPSE? feat_std {feat_std:.3f} eff_rank {rank:.2f}" if collapsed else ""
-        return {"monitor/probe_top1": probe, "monitor/knn_top1": knn, "monitor/feat_std": feat_std,
-                "monitor/eff_rank": rank, "monitor/collapsed": float(collapsed)}
+        scores = {"monitor/probe_top1": probe, "monitor/knn_top1": knn, "monitor/feat_std": feat_std,
+                  "monitor/eff_rank": rank, "monitor/collapsed": float(collapsed)}
+        return scores | self._intervals(encoder, correct)
+
+    def _knn_correct(self, feats_ND: torch.Tensor) -> torch.Tensor:
+        """Per held-out image: does the kNN over the fit part get it right (bool)."""
+        fit, held = feats_ND[: self.n_fit], feats_ND[self.n_fit:]
+        y_fit, y_held = self.y_N[: self.n_fit], self.y_N[self.n_fit:]
+        if len(held) == 0:
+            held, y_held = fit, y_fit
+        return knn_correct(fit, y_fit, held, y_held, ks=(KNN_K,), temperature=KNN_T,
+                           num_classes=self.num_classes)[KNN_K]
+
+    def _intervals(self, encoder, correct: torch.Tensor) -> dict[str, float]:
+        """The kNN's 95% interval and, when the encoder's architecture is known, its paired gain
+        over random init; sets ``summary``."""
+        from convssl.eval.baselines import random_init
+
+        (iv,) = accuracy_intervals(correct, seed=self.seed)
+        out = {"monitor/knn_low": iv.low, "monitor/knn_high": iv.high}
+        self.summary = f"kNN@{KNN_K} {format_interval(iv)} on {len(correct)} images"
+        if self.random_init_correct is None and getattr(encoder, "config", None) is not None:
+            baseline = random_init(encoder.config, self.seed).to(next(encoder.parameters()).device)
+            self.random_init_correct = self._knn_correct(self.features(baseline))
+        if self.random_init_correct is not None:
+            (gain,) = paired_differences(correct, self.random_init_correct, seed=self.seed)
+            out |= {"monitor/knn_gain": gain.value, "monitor/knn_gain_low": gain.low,
+                    "monitor/knn_gain_high": gain.high}
+            self.summary += f", {format_difference(gain)} over random init: {classify(gain)}"
+        return out
 
     def _train_probe(self, fit_ND, y_fit, held_ND, y_held) -> float:
         """Continue training the online linear probe on standardised features; held-out top-1."""
