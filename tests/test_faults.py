@@ -354,3 +354,49 @@ def test_an_export_past_the_file_size_limit_is_one_line_naming_the_file(tmp_path
     assert "the previous file is intact" in line
     assert (out / "backbone.pth").read_bytes() == b"the previous export"
     assert [p.name for p in out.iterdir()] == ["backbone.pth"]  # no temp left behind
+
+
+# ---- C: a checkpoint holding a NaN -----------------------------------------------------------
+
+def test_a_checkpoint_with_one_nan_weight_is_refused_by_probe_finetune_embed_and_resume(tmp_path, capsys):
+    from convssl.train.trainer import pretrain
+
+    recipe = tiny_recipe(train={"max_steps": 2, "ckpt_every": 1, "keep_checkpoints": 5})
+    pretrain(recipe, str(UNLABELED), tmp_path / "run", progress=False)
+    path = ckpt_io.latest(tmp_path / "run" / "checkpoints")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["encoder"]["0.weight"].view(-1)[3] = float("nan")  # one weight, as a diverging step leaves it
+    ckpt["task"]["encoder.model.0.weight"].view(-1)[3] = float("nan")
+    torch.save(ckpt, path)
+
+    trust = ["--trust-encoder", "custom_nets:small_convnet"]
+    commands = {
+        "probe": ["probe", "--ckpt", path, *trust, "--train", FMNIST / "train", "--val", FMNIST / "test",
+                  "--out", tmp_path / "probe"],
+        "finetune": ["finetune", "--ckpt", path, *trust, "--train", FMNIST / "train", "--val", FMNIST / "test",
+                     "--out", tmp_path / "finetune", "--max-steps", "1"],
+        "embed": ["embed", "--ckpt", path, *trust, "--data", FMNIST / "test", "--out", tmp_path / "embed",
+                  "--method", "pca"],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main([str(a) for a in argv]) == 2, name
+        line = one_line_error(capsys.readouterr().err)
+        assert f"checkpoint {str(path)!r} holds NaN or infinite weights in 1 tensor(s) (0.weight)" in line, (name, line)
+        assert "use an earlier checkpoint" in line
+    assert not (tmp_path / "probe" / "probe.json").exists()
+
+    longer = tiny_recipe(train={"max_steps": 4, "ckpt_every": 1, "keep_checkpoints": 5,
+                                "log_every": 1})
+    with pytest.raises(ConvsslError, match=r"holds NaN or infinite values in 1 tensor\(s\) \(encoder.model.0.weight\);"
+                                           r" it cannot be continued: delete it to resume from the one before "
+                                           r"\(.*step-00000001.pt\)") as caught:
+        pretrain(longer, str(UNLABELED), tmp_path / "run", resume=True, progress=False)
+    assert "last good" not in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoints" / "step-00000003.pt").exists()  # refused before any step
+
+
+def test_stop_after_zero_is_an_error_not_a_run_without_checkpoint(tmp_path, capsys):
+    assert main(pretrain_argv(tmp_path / "run", "--stop-after", "0")) == 2
+    assert "--stop-after must be at least 1" in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
