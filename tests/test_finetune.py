@@ -125,7 +125,7 @@ def test_cli_starts_from_the_checkpoint_and_the_baseline_from_random_init(source
                  "--set", "lr_per_256=0", "--set", "batch_size=8", "--set", "workers=0",
                  "--set", "channels_last=false"]) == 0
     printed = capsys.readouterr().out
-    assert "| labels | pretrained top-1 | random init top-1 | gain |" in printed
+    assert "| labels | pretrained top-1 [95% CI] | random init top-1 [95% CI] | gain [95% CI, paired] |" in printed
     source = ckpt_io.load(source_ckpt)["encoder"]
     seed_all(0)
     random_init = build_encoder(ENC).backbone_state_dict()

@@ -263,3 +263,42 @@ def test_monitor_reports_the_knn_interval_and_its_gain_over_random_init():
     assert other["monitor/knn_gain"] == gain.value
     assert gain.value == pytest.approx(other["monitor/knn_top1"] - same["monitor/knn_top1"], abs=1e-12)
     assert (other["monitor/knn_gain_low"], other["monitor/knn_gain_high"]) == (gain.low, gain.high)
+
+
+def test_finetune_baseline_over_label_seeds_reports_intervals_gains_and_spread(tmp_path, capsys, one_thread):
+    """finetune --baseline --label-seeds 2: per draw, both top-1s with intervals and the paired
+    gain recomputed here from the stored bits; the spread across draws by its formula."""
+    from test_finetune import ENC, TRUST
+
+    from convssl.cli import main
+    from convssl.config import to_dict
+    from convssl.encoders import build_encoder
+    from convssl.train import checkpoint
+
+    torch.manual_seed(5)
+    ckpt = checkpoint.save_atomic({"format": checkpoint.FORMAT, "step": 2, "encoder": build_encoder(ENC).backbone_state_dict(),
+                                   "config": {"encoder": to_dict(ENC), "task": {"name": "rotation"},
+                                              "data": {"size": 16, "channels": 1, "mean": [0.286], "std": [0.353]}},
+                                   "versions": {}}, tmp_path / "c.pt")
+    val = subset_shards(FMNIST / "test", tmp_path / "val", 120)
+    out = tmp_path / "ft"
+    assert main(["finetune", "--ckpt", str(ckpt), *TRUST, "--train", str(FMNIST / "train"), "--val", val,
+                 "--out", str(out), "--label-fraction", "0.05", "--baseline", "--label-seeds", "2", "--max-steps", "2",
+                 "--quiet", "--set", "batch_size=8", "--set", "workers=0", "--set", "channels_last=false"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "label_seeds.json").read_text())
+    assert [d["label_seed"] for d in summary["draws"]] == [0, 1]
+    gains = []
+    for draw in summary["draws"]:
+        run = out / f"label-seed-{draw['label_seed']}"
+        pre, base = (json.loads((run / p / "report.json").read_text()) for p in (".", "baseline"))
+        assert pre["labels"]["seed"] == draw["label_seed"] and pre["labels"]["count"] == 50
+        assert pre["top1_ci"][0] <= pre["top1"] <= pre["top1_ci"][1]
+        (gain,) = paired_differences(unpack_bits(pre["correct"], 120), unpack_bits(base["correct"], 120))
+        assert draw["gain_ci"] == pytest.approx([gain.low, gain.high], abs=1e-12) and draw["verdict"] == classify(gain)
+        comparison = json.loads((run / "comparison.json").read_text())
+        assert comparison["gain_ci"] == draw["gain_ci"] and comparison["line"].startswith("fine-tuned: ")
+        gains.append(pre["top1"] - base["top1"])
+    assert summary["spread"]["gain"]["mean"] == pytest.approx(sum(gains) / 2)
+    assert summary["spread"]["gain"]["sd"] == pytest.approx(abs(gains[0] - gains[1]) / math.sqrt(2))
+    assert "Spread across the label draws" in printed and "gain [95% CI, paired]" in printed

@@ -6,7 +6,9 @@
 
 ``--baseline`` then runs the same fine-tuning (same labels, schedule, head
 initialisation) from a random-init encoder into ``DIR/baseline`` and writes
-``DIR/comparison.md``: the gain from pretraining in one table.
+``DIR/comparison.md``: the gain from pretraining in one table, with 95% intervals (paired
+bootstrap over the val images) and a verdict. ``--label-seeds N`` repeats it for N label
+draws (``DIR/label-seed-S``) and writes ``DIR/label_seeds.md``: the spread across draws.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--label-fraction", type=float, default=None,
                         help="share of the training labels, class-balanced (e.g. 0.01, 0.1; default 1.0)")
     parser.add_argument("--label-seed", type=int, default=None, help="seed of the label subset (default 0)")
+    parser.add_argument("--label-seeds", type=int, default=1, metavar="N",
+                        help="repeat the run (and its --baseline) for N label draws, seeds label-seed ... "
+                             "label-seed+N-1, each in OUT/label-seed-S, and report the spread across draws "
+                             "(OUT/label_seeds.md); default 1: one draw, in OUT")
     parser.add_argument("--baseline", action="store_true",
                         help="also fine-tune the same architecture from random init into OUT/baseline and compare")
     parser.add_argument("--recipe", default=None, help="a YAML file of fine-tuning settings (see recipes/finetune_*.yaml)")
@@ -57,12 +63,33 @@ def run(args) -> int:
                        ("epochs", args.epochs), ("max_steps", args.max_steps)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.label_seeds < 1:
+        from convssl.errors import ConfigError
+
+        raise ConfigError(f"--label-seeds {args.label_seeds}: give at least 1")
     cfg = load_settings(args.recipe, overrides)
     out = Path(args.out)
     main = dist.from_env().is_main
-    runs = [("pretrained", out)] + ([("random", out / "baseline")] if args.baseline else [])
     try:
-        return _run_all(args, cfg, out, runs, main)
+        if args.label_seeds == 1:
+            runs = [("pretrained", out)] + ([("random", out / "baseline")] if args.baseline else [])
+            return _run_all(args, cfg, out, runs, main)[0]
+        draws = []
+        for seed in range(cfg.label_seed, cfg.label_seed + args.label_seeds):
+            seed_cfg = load_settings(args.recipe, overrides + [f"label_seed={seed}"])
+            seed_out = out / f"label-seed-{seed}"
+            runs = [("pretrained", seed_out)] + ([("random", seed_out / "baseline")] if args.baseline else [])
+            if main:
+                print(f"label draw {seed - cfg.label_seed + 1}/{args.label_seeds} (label seed {seed}) -> {seed_out}")
+            code, reports = _run_all(args, seed_cfg, seed_out, runs, main)
+            if code or not all(r.get("finished") for r in reports.values()):
+                return code
+            draws.append(reports)
+        if main:
+            from convssl.eval.finetune_report import write_label_seeds
+
+            print(write_label_seeds(draws, out)["md"].read_text())
+        return 0
     finally:
         import torch.distributed as tdist
 
@@ -70,7 +97,8 @@ def run(args) -> int:
             tdist.destroy_process_group()
 
 
-def _run_all(args, cfg, out: Path, runs, main: bool) -> int:
+def _run_all(args, cfg, out: Path, runs, main: bool) -> tuple[int, dict]:
+    """Fine-tune each of ``runs`` (``(init, run_dir)``) on one label subset; ``(exit code, reports)``."""
     from convssl.eval.finetune import finetune
     from convssl.eval.finetune_report import write_comparison
     from convssl.train import checkpoint as ckpt_io
@@ -86,7 +114,7 @@ def _run_all(args, cfg, out: Path, runs, main: bool) -> int:
         if not reports[init]["finished"]:
             if main:
                 print("stopped early; continue with the same command plus --resume")
-            return 0
+            return 0, reports
         if main:
             r = reports[init]
             print(f"{init}: top-1 {100 * r['top1']:.2f}% on {r['counts']['val']} val samples after "
@@ -95,4 +123,4 @@ def _run_all(args, cfg, out: Path, runs, main: bool) -> int:
     if main and args.baseline:
         paths = write_comparison(reports["pretrained"], reports["random"], out, out / "baseline")
         print(paths["md"].read_text())
-    return 0
+    return 0, reports

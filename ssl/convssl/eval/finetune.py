@@ -40,6 +40,8 @@ from convssl.encoders import Encoder, build_encoder
 from convssl.errors import ConfigError, ConvsslError, DataError
 from convssl.run_lock import locks_out_dir
 from convssl.eval import label_subset
+from convssl.eval.bootstrap import LEVEL, RESAMPLES, SEED, accuracy_intervals
+from convssl.eval.correctness import ENCODING, labels_fingerprint, pack_bits
 from convssl.eval.features import labeled_batches
 from convssl.eval.finetune_config import RESUMABLE_CHANGES, FinetuneConfig
 from convssl.eval.finetune_report import write_report
@@ -221,9 +223,9 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
 
     report = {"finished": step >= plan.total_steps}
     if report["finished"] and info.is_main:
-        final = history[-1] if history and history[-1]["step"] == step else _evaluate(model, run, cfg)
+        final = _evaluate(model, run, cfg)  # again after a resume at the end: the per-image correctness is not saved
         if not history or history[-1]["step"] != step:
-            history.append({"step": step, **final})
+            history.append({"step": step, **_scalars(final)})
         report = _report(cfg, run, plan, final, history, record, time.perf_counter() - started, dev)
         write_report(report, run_dir)
         report["finished"] = True
@@ -274,7 +276,7 @@ def _loop(net, model, optimizer, scaler, amp_dtype, batches, cfg, plan, info, de
                 _log(window, step, lr, plan, log, bar)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
                 if info.is_main:
-                    history.append({"step": step, **_evaluate(model, run, cfg)})
+                    history.append({"step": step, **_scalars(_evaluate(model, run, cfg))})
                     log.scalars(step, {f"val_{k}": v for k, v in history[-1].items() if k in ("top1", "loss")})
                 cdist.barrier()
             stop_now = _agree(stop.requested)  # the same decision on every rank
@@ -317,6 +319,7 @@ def _evaluate(model: Classifier, run: dict, cfg: FinetuneConfig) -> dict:
     model.eval()
     correct = seen = 0
     loss_sum = 0.0
+    hits, labels = [], []
     per_class_hit = torch.zeros(run["num_classes"], dtype=torch.int64)
     per_class_all = torch.zeros(run["num_classes"], dtype=torch.int64)
     try:
@@ -330,6 +333,8 @@ def _evaluate(model: Classifier, run: dict, cfg: FinetuneConfig) -> dict:
                 logits_BK = model(x).float().cpu()
                 loss_sum += float(F.cross_entropy(logits_BK, cls_B, reduction="sum"))
                 hit_B = logits_BK.argmax(1) == cls_B
+                hits.append(hit_B)
+                labels.append(cls_B)
                 correct += int(hit_B.sum())
                 seen += len(cls_B)
                 per_class_all += torch.bincount(cls_B, minlength=run["num_classes"])
@@ -339,7 +344,13 @@ def _evaluate(model: Classifier, run: dict, cfg: FinetuneConfig) -> dict:
     if seen == 0:
         raise DataError(f"the validation shards {run['val']!r} hold no samples")
     per_class = [float(h) / float(a) if a else None for h, a in zip(per_class_hit, per_class_all)]
-    return {"top1": correct / seen, "loss": loss_sum / seen, "count": seen, "per_class_top1": per_class}
+    return {"top1": correct / seen, "loss": loss_sum / seen, "count": seen, "per_class_top1": per_class,
+            "correct": torch.cat(hits), "labels": torch.cat(labels)}
+
+
+def _scalars(result: dict) -> dict:
+    """An evaluation without its per-image tensors (what the history and checkpoints keep)."""
+    return {k: v for k, v in result.items() if k not in ("correct", "labels")}
 
 
 # -- state ------------------------------------------------------------------------------
@@ -452,6 +463,13 @@ def _report(cfg, run, plan, final, history, record, seconds, dev) -> dict:
         },
         "config": to_dict(cfg),
         "top1": final["top1"],
+        "top1_ci": accuracy_intervals(final["correct"])[0].as_list(),
+        "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL,
+                      "method": "percentile interval over val images resampled with replacement (Efron & "
+                                "Tibshirani 1993, ch. 13)"},
+        "heldout": {"count": len(final["correct"]), "labels_sha256": labels_fingerprint(final["labels"]),
+                    "correct_encoding": ENCODING},
+        "correct": pack_bits(final["correct"]),
         "val_loss": final["loss"],
         "per_class_top1": final["per_class_top1"],
         "history": [{k: h[k] for k in ("step", "top1", "loss")} for h in history],
