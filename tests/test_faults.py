@@ -400,3 +400,74 @@ def test_stop_after_zero_is_an_error_not_a_run_without_checkpoint(tmp_path, caps
     assert main(pretrain_argv(tmp_path / "run", "--stop-after", "0")) == 2
     assert "--stop-after must be at least 1" in one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+# ---- C: convssl shards into a folder it cannot write ------------------------------------------
+
+@pytest.fixture()
+def image_folder(tmp_path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 20), (80 * i, 40, 0)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_shards_into_an_unwritable_out_is_one_line(image_folder, tmp_path, capsys):
+    """Root writes through chmod, so the refusals are ones the kernel makes for root too:
+    OUT under a regular file, and a folder in /sys."""
+    from test_reliability import _unwritable_folder
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for out, message in ((a_file / "shards", "is a file, not a folder"),
+                         (_unwritable_folder(tmp_path), "is not writable")):
+        capsys.readouterr()
+        assert main(["shards", str(image_folder), str(out)]) == 2, out
+        assert message in one_line_error(capsys.readouterr().err)
+
+
+def test_shards_onto_a_read_only_mount_is_one_line(image_folder, tmp_path):
+    """A real read-only file system: a read-only bind mount in a private namespace."""
+    target = tmp_path / "ro"
+    target.mkdir()
+    command = [sys.executable, "-m", "convssl", "shards", str(image_folder), str(target / "shards")]
+    mount = f"mount --bind {target} {target} && mount -o remount,ro,bind {target}"
+    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", mount], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount in a user namespace here: {probe.stderr.strip()}")
+    import shlex
+
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", f"{mount} && exec {shlex.join(command)}"], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "is not writable (Read-only file system)" in one_line_error(done.stderr)
+
+
+def test_shards_reencode_png_keeps_cmyk_jpegs_as_rgb(tmp_path):
+    """Print-shop JPEGs are CMYK; PNG cannot hold CMYK, so they were dropped as unreadable."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from convssl.data.reader import ShardDataset
+    from convssl.data.sources import open_source
+    from convssl.data.writer import write_shards
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cmyk = Image.new("CMYK", (24, 16), (0, 255, 255, 0))  # pure red in ink
+    cmyk.save(folder / "print.jpg", quality=95)
+    Image.new("RGB", (24, 16), (0, 0, 255)).save(folder / "screen.jpg")
+    assert Image.open(folder / "print.jpg").mode == "CMYK"
+    manifest = write_shards(open_source(str(folder)), tmp_path / "shards", reencode="png")
+    assert manifest.count == 2 and manifest.skipped == 0, manifest.skipped_files
+    assert manifest.channels == 3 and "CMYK" not in manifest.modes
+    samples = {s["key"]: s["img"] for s in ShardDataset(str(tmp_path / "shards"))}
+    red = samples[next(k for k in samples if "print" in k)]
+    want = np.array(Image.open(folder / "print.jpg").convert("RGB")).transpose(2, 0, 1)
+    assert torch.equal(red, torch.from_numpy(want))  # PNG is lossless: exactly Pillow's CMYK -> RGB
+    assert red[0].float().mean() > 200 and red[1:].float().mean() < 60

@@ -37,11 +37,15 @@ from webdataset import ShardWriter
 from convssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, SkippedFile, read_manifest
 from convssl.data.sources import Sample, Source, UnreadableFile
 from convssl.errors import DataError
+from convssl.writable import ensure_writable_dir
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 _TEMP_PREFIX = ".convssl-tmp-"
 _REENCODE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 _JPEG_QUALITY = 95  # high enough that re-encoding adds no visible artefacts
+# Modes PNG and JPEG write as they are (Pillow's writers refuse the others; its WebP
+# writer converts any mode itself).
+_MODES_KEPT = {"PNG": ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"), "JPEG": ("L", "RGB")}
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3, "YCbCr": 3, "CMYK": 3, "LA": 2, "RGBA": 4}
 
 
@@ -155,7 +159,7 @@ def _split_range(start: int, stop: int, parts: int, align: int) -> list[tuple[in
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output {out_dir} exists and is not a folder; choose another OUT")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out_dir, "OUT")  # a read-only mount or a path under a file: one line, before any work
     for stale in out_dir.glob(f"{_TEMP_PREFIX}*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
     foreign = [p.name for p in out_dir.iterdir() if not _is_convssl_output(p)]
@@ -249,8 +253,11 @@ def _transcoded(sample: Sample, resize: int | None, reencode: str | None) -> Sam
             img = img.resize(new_size, Image.Resampling.BICUBIC)
         ext = reencode or (sample.ext if sample.ext in _REENCODE_FORMATS else "png")
         image_format = _REENCODE_FORMATS[ext]
-        if image_format == "JPEG" and img.mode not in ("L", "RGB"):
-            img = img.convert("RGB")
+        if image_format in _MODES_KEPT and img.mode not in _MODES_KEPT[image_format]:
+            # CMYK, YCbCr, LAB, HSV, 32-bit... are valid images each format cannot store as
+            # they are: RGB (with alpha where the format keeps it) loses nothing a convnet reads
+            alpha = "A" in img.getbands() and "RGBA" in _MODES_KEPT[image_format]
+            img = img.convert("RGBA" if alpha else "RGB")
         buffer = io.BytesIO()
         img.save(buffer, format=image_format, **({"quality": _JPEG_QUALITY} if image_format == "JPEG" else {}))
     return Sample(sample.key, buffer.getvalue(), "jpg" if ext == "jpeg" else ext, sample.label, img.mode)
