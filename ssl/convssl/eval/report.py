@@ -133,7 +133,8 @@ def _text(draw: ImageDraw.ImageDraw, xy, text: str, font, fill="black", anchor: 
 
 
 def plot_stages(report: dict, path: str | Path) -> Path:
-    """Grouped bars per stage (linear, kNN@20, kNN@200), a dashed line at chance."""
+    """Grouped bars per stage (linear, kNN@20, kNN@200) with their 95% intervals as whiskers,
+    a dashed line at chance."""
     stages = report["stages"]
     series = [("linear", "linear_top1"), ("kNN@20", "knn20"), ("kNN@200", "knn200")]
     series = [(label, key) for label, key in series if any(s.get(key) is not None for s in stages)]
@@ -165,7 +166,14 @@ def plot_stages(report: dict, path: str | Path) -> Path:
                 continue
             bx = x0 + j * bar
             draw.rectangle([bx + 2, y_of(value), bx + bar - 2, top + plot_h], fill=_COLORS[label])
-            _text(draw, (bx + bar / 2, y_of(value) - 2), f"{100 * value:.0f}", fill="black", font=small, anchor="mb")
+            ci = stage.get(("linear" if key == "linear_top1" else key) + "_ci")
+            if ci:  # the 95% interval as a whisker
+                cx = bx + bar / 2
+                draw.line([(cx, y_of(ci[0])), (cx, y_of(ci[1]))], fill="black", width=1)
+                for end in ci:
+                    draw.line([(cx - 4, y_of(end)), (cx + 4, y_of(end))], fill="black", width=1)
+            _text(draw, (bx + bar / 2, y_of(max(value, ci[1]) if ci else value) - 2), f"{100 * value:.0f}",
+                  fill="black", font=small, anchor="mb")
         _text(draw, (x0 + bar * len(series) / 2, top + plot_h + 8), stage["name"], fill="black", font=small, anchor="mt")
         _text(draw, (x0 + bar * len(series) / 2, top + plot_h + 24), f"/{stage['reduction']}", fill=(90, 90, 90),
                   font=small, anchor="mt")
