@@ -471,3 +471,34 @@ def test_shards_reencode_png_keeps_cmyk_jpegs_as_rgb(tmp_path):
     want = np.array(Image.open(folder / "print.jpg").convert("RGB")).transpose(2, 0, 1)
     assert torch.equal(red, torch.from_numpy(want))  # PNG is lossless: exactly Pillow's CMYK -> RGB
     assert red[0].float().mean() > 200 and red[1:].float().mean() < 60
+
+
+# ---- C: a loader worker killed mid-run ----------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_killed_loader_worker_ends_the_run_with_a_checkpoint_that_resumes_exactly(tmp_path):
+    straight, _ = convssl_cli(*pretrain_argv(tmp_path / "straight", "--set", "data.workers=2", steps=120), timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "run"
+    proc = start(pretrain_argv(run, "--set", "data.workers=2", steps=120))
+    wait_until_training(proc, run)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers  # the two loader workers
+    os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-3000:]
+    line = one_line_error(err)
+    assert f"DataLoader worker (pid(s) {workers[0]}) exited unexpectedly at step" in line, line
+    assert "checkpoint saved to" in line and "continue with --resume" in line, line
+    stopped = ckpt_io.load(run)["step"]
+    if stopped == 120:  # 8 batches are prefetched: a kill in the last 8 steps may go unnoticed
+        pytest.skip("the run ended before the worker's death was noticed")
+    resumed, _ = convssl_cli(*pretrain_argv(run, "--set", "data.workers=2", "--resume", steps=120), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    same_state(ckpt_io.load(tmp_path / "straight"), ckpt_io.load(run))

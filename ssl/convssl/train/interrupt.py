@@ -8,6 +8,12 @@ saves, and stops, so a resumed run equals an uninterrupted one bit for bit. Furt
 signals while it does so (an impatient second Ctrl-C, a scheduler's repeated SIGTERM)
 are reported and ignored, so they cannot cut the checkpoint write short: ``kill -9``
 is the way to stop without one.
+
+For the same reason torch's DataLoader SIGCHLD handler is set aside while the context
+is active: it raises "DataLoader worker exited unexpectedly" from wherever the main
+process happens to be (inside an optimizer step, say), so no consistent state could be
+saved. With the default action, the loader notices the dead worker itself when the next
+batch is due (its status check, within seconds), a clean point between two steps.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class StopRequest(contextlib.AbstractContextManager):
         try:
             for sig in _SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if hasattr(signal, "SIGCHLD"):  # not SIG_IGN: that would reap children and break waitpid
+                self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         except ValueError:  # not the main thread
             self._previous.clear()
         return self

@@ -203,7 +203,8 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
     with StopRequest() as stop:
         while step < end:
             t0 = time.perf_counter()
-            batch = _to_device(next(it), dev, recipe.train.channels_last)
+            batch = _to_device(_next_batch(it, task, optimizer, scaler, step, recipe, ckpt_dir, info, plan),
+                               dev, recipe.train.channels_last)
             window["wait"] += time.perf_counter() - t0
 
             lr = warmup_cosine(step, plan.total_steps, plan.peak_lr, plan.warmup_steps, final_lr)
@@ -275,6 +276,29 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
             "img_per_s": done * plan.global_batch / seconds if seconds > 0 else 0.0,
             "skipped_steps": guard.skipped,
             "checkpoint": str(last_ckpt or ckpt_io.latest(ckpt_dir) or "") or None}
+
+
+def _next_batch(it, task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> dict:
+    """The next batch; a loader worker that died (the out-of-memory killer, a kill) ends the
+    run like an interrupt: with a checkpoint of this step, exact to resume, and one line.
+    Under torchrun the other ranks are inside a collective by now: no checkpoint can be
+    agreed on, so the message names the last one."""
+    try:
+        return next(it)
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        why = str(exc).split(". ")[0].rstrip(".")
+        if info.enabled:
+            last = ckpt_io.latest(ckpt_dir)
+            raise ConvsslError(f"{why} at step {step} (killed, e.g. by the out-of-memory killer?); "
+                               + (f"the last checkpoint is {last}: continue with --resume" if last else
+                                  "no checkpoint was written yet")
+                               + "; lower data.workers or give the job more memory if it recurs") from None
+        path = _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan)
+        raise ConvsslError(f"{why} at step {step} (killed, e.g. by the out-of-memory killer?); checkpoint saved to "
+                           f"{path}: continue with --resume; lower data.workers or give the job more memory if it "
+                           "recurs") from None
 
 
 def _agree(finite: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
