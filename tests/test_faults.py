@@ -502,3 +502,25 @@ def test_a_killed_loader_worker_ends_the_run_with_a_checkpoint_that_resumes_exac
     resumed, _ = convssl_cli(*pretrain_argv(run, "--set", "data.workers=2", "--resume", steps=120), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     same_state(ckpt_io.load(tmp_path / "straight"), ckpt_io.load(run))
+
+
+# ---- C: absurd sizes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "-5"], "--size and --in-chans must be at least 1, got -5 and 3"),
+    (["--size", "0"], "--size and --in-chans must be at least 1, got 0 and 3"),  # was taken as "default 224"
+    (["--in-chans", "0"], "--size and --in-chans must be at least 1, got 224 and 0"),
+    (["--size", "100000"], "a batch of 1 x 3 x 100000 x 100000 input is 111.8 GiB in float32 before any layer runs"),
+])
+def test_info_with_an_impossible_size_is_one_line(argv, message, capsys):
+    assert main(["info", "torchvision:resnet18", *argv]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+
+
+def test_pretrain_with_an_absurd_image_size_stops_before_reading_data(tmp_path, capsys):
+    started = time.perf_counter()
+    assert main(pretrain_argv(tmp_path / "run", "--set", "data.size=100000")) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "a batch of 8 x 1 x 100000 x 100000 input is 298.0 GiB in float32" in line, line
+    assert "lower data.size or data.batch_size" in line
+    assert time.perf_counter() - started < 20  # it took 97 s of decoding, then an allocation traceback

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from convssl.encoders import build_encoder
+from convssl.errors import ConfigError
+from convssl.input_memory import check_input_fits
 
 
 def add_arguments(parser) -> None:
@@ -15,7 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    size = args.size or (32 if args.small_input else 224)
+    size = args.size if args.size is not None else (32 if args.small_input else 224)
+    if size < 1 or args.in_chans < 1:
+        raise ConfigError(f"--size and --in-chans must be at least 1, got {size} and {args.in_chans}")
+    check_input_fits(1, args.in_chans, size, torch.device("cpu"), names="--size")
     encoder = build_encoder(args.spec, in_chans=args.in_chans, small_input=args.small_input, input_size=size)
     with torch.no_grad():
         maps = encoder.eval()(torch.zeros(1, args.in_chans, size, size))

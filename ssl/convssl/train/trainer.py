@@ -24,6 +24,7 @@ from convssl import dist as cdist
 from convssl.atomic import NoSpaceError, clean_stale_temps
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError, ConvsslError
+from convssl.input_memory import check_input_fits
 from convssl.recipe import Recipe, check_batch, recipe_from_dict
 from convssl.registry import build_task
 from convssl.run_lock import RunLock
@@ -107,6 +108,8 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
         recipe = _merge_resumed_recipe(state, recipe, info)
     plan = make_plan(recipe, manifest, info.world_size)
     _warn_about_plan(recipe, plan, info)
+    check_input_fits(plan.per_rank_batch, recipe.data.channels, recipe.data.size, dev,
+                     names="data.size or data.batch_size")
 
     seed_all(recipe.train.seed)
     encoder = build_encoder(recipe.encoder)
