@@ -525,3 +525,26 @@ def test_pretrain_with_an_absurd_image_size_stops_before_reading_data(tmp_path, 
     assert "a batch of 8 x 1 x 1000000 x 1000000 input is 29,802.3 GiB in float32" in line, line
     assert "lower data.size or data.batch_size" in line
     assert time.perf_counter() - started < 20  # it took 97 s of decoding, then an allocation traceback
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_on_every_rank_and_resume_auto_continues(tmp_path):
+    """SIGTERM to torchrun itself (not to the ranks): torchrun forwards it, the ranks save
+    at one step, and the same command continues. torchrun's own exit (1, with its
+    SignalException traceback) is torchrun's report of the signal, documented in the README."""
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+            str(_free_port()), "-m", "convssl", *pretrain_argv(run, "--resume", "auto", steps=100000)]
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_training(proc, run)
+    code, err = stop(proc, signal.SIGTERM)
+    assert code != 0 and "interrupted at step" in err, err[-3000:]
+    assert "SignalException" in err  # torchrun's, as the README says
+    stopped = ckpt_io.load(run)
+    assert stopped["data"]["world_size"] == 2 and len(stopped["rng"]) == 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, stopped["step"] + 1))
+    again = subprocess.run(argv[:6] + [str(_free_port())] + argv[7:] + ["--stop-after", "2"], env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ckpt_io.load(run)["step"] == stopped["step"] + 2
