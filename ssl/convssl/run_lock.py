@@ -69,7 +69,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         ensure_writable_dir(self.folder, self.what)
         for _ in range(20):  # a retry only when a releasing holder removed the file under us
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -115,13 +115,20 @@ class RunLock:
 
     def _acquire_by_pid(self) -> RunLock:
         """No record locks here: the recorded pid decides (see the module docstring)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         holder = _read(fd)
         if holder and holder.get("pid") != os.getpid() and (
                 holder.get("host") != socket.gethostname() or _running(holder.get("pid"))):
             os.close(fd)
             raise RunInUse(self._in_use(holder) + f"; if it is gone, delete {str(self.path)!r}")
         return self._take(fd)
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # e.g. a lock file another user left, not writable by us
+            raise ConvsslError(f"{self.what} {str(self.folder)!r}: cannot open its lock file {str(self.path)!r} "
+                               f"({exc.strerror or exc}); if no run uses this folder, delete that file") from None
 
     def _in_use(self, holder: dict | None) -> str:
         who = _describe(holder) if holder else "another process"
