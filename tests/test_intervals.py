@@ -103,6 +103,8 @@ def test_vectors_that_differ_on_known_images_give_that_exact_difference():
 def test_verdict_wording_and_formatting():
     assert format_interval(Interval(0.84, 0.833, 0.847)) == "84.0 [83.3, 84.7]"
     assert format_difference(Interval(0.021, 0.014, 0.028)) == "+2.1 [+1.4, +2.8]"
+    assert format_difference(Interval(0.01, 0.0003, 0.021)) == "+1.0 [+0.03, +2.1]"  # excludes 0: never "+0.0"
+    assert format_difference(Interval(0.0, 0.0, 0.0)) == "+0.0 [+0.0, +0.0]"
     assert verdict_line("layer3", Interval(0.021, 0.014, 0.028), "random init", 3000) == \
         "layer3: pays, +2.1 [+1.4, +2.8] over random init"
     assert verdict_line("layer1", Interval(0.003, -0.005, 0.011), "random init", 3000) == \

@@ -28,11 +28,18 @@ def format_interval(iv: Interval | None) -> str:
     return f"{100 * iv.value:.1f} [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
 
 
+def _points(x: float) -> str:
+    """Signed percentage points, one decimal; two when one would show a nonzero as 0.0, so an
+    interval that excludes 0 never reads ``[+0.0, ...]``."""
+    text = f"{100 * x:+.1f}"
+    return f"{100 * x:+.2f}" if x != 0 and float(text) == 0 else text
+
+
 def format_difference(iv: Interval | None) -> str:
     """``+2.1 [+1.4, +2.8]`` (percentage points)."""
     if iv is None:
         return "-"
-    return f"{100 * iv.value:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
+    return f"{_points(iv.value)} [{_points(iv.low)}, {_points(iv.high)}]"
 
 
 def interval_of(stored: dict | list | None, value: float | None) -> Interval | None:
