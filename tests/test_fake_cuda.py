@@ -35,6 +35,7 @@ import pytest
 import torch
 import yaml
 from torch.utils import _pytree as pytree
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convssl.augment.config import ColorAugConfig
@@ -167,6 +168,25 @@ class RealCpu(TorchDispatchMode):
             return func(*args, **kwargs)
 
 
+class GeneratorDevices(TorchFunctionMode):
+    """A random draw's generator must be on the draw's device, as CUDA requires and fake
+    tensors do not check; a stand-in for a CUDA generator (``fake_cuda``) counts as one.
+    Checked where the call still holds the Python generator (dispatch sees a copy)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        generator = kwargs.get("generator")
+        if generator is not None:
+            device = kwargs.get("device")
+            tensors = [a for a in pytree.arg_tree_leaves(*args) if isinstance(a, torch.Tensor)]
+            draw = torch.device(device).type if device is not None else tensors[0].device.type if tensors else "cpu"
+            held = getattr(generator, "stands_for", generator.device.type)
+            if held != draw:
+                raise RuntimeError(f"{getattr(func, '__name__', func)}: a {held} generator for a {draw} draw "
+                                   "(CUDA requires the generator on the draw's device)")
+        return func(*args, **kwargs)
+
+
 # a read of one value to the host (inference mode dispatches the composite ones here too)
 HOST_READS = (torch.ops.aten._local_scalar_dense, torch.ops.aten.item, torch.ops.aten.is_nonzero)
 
@@ -222,11 +242,11 @@ def fake_cuda(monkeypatch):
             return super().__new__(cls, "cpu")
 
         def __init__(self, device="cpu"):
-            pass
+            self.stands_for = torch.device(device).type
 
     monkeypatch.setattr(torch.utils, "swap_tensors", swap_fake)
     monkeypatch.setattr(torch, "Generator", Generator)
-    with mode, RealCpu():
+    with mode, RealCpu(), GeneratorDevices():
         yield mode, asked
 
 
