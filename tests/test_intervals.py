@@ -304,3 +304,20 @@ def test_finetune_baseline_over_label_seeds_reports_intervals_gains_and_spread(t
     assert summary["spread"]["gain"]["mean"] == pytest.approx(sum(gains) / 2)
     assert summary["spread"]["gain"]["sd"] == pytest.approx(abs(gains[0] - gains[1]) / math.sqrt(2))
     assert "Spread across the label draws" in printed and "gain [95% CI, paired]" in printed
+
+
+def test_the_quickstart_held_out_set_is_the_whole_fashion_mnist_test_split():
+    """test/ + holdout/ + test_rest/ (gzip-compressed tars) read as 10,000 labeled images,
+    1000 per class as in the published test split, all distinct."""
+    from convssl.commands.quickstart import HELD_OUT
+    from convssl.eval.features import labeled_batches
+
+    spec = "::".join(str(FMNIST / s) for s in HELD_OUT)
+    images, labels = [], []
+    with labeled_batches(spec, 28, 1, 1000, 0) as batches:
+        for img_BCHW, cls_B in batches:
+            images.append(img_BCHW.flatten(1))
+            labels.append(cls_B)
+    labels_N = torch.cat(labels)
+    assert len(labels_N) == 10_000 and torch.bincount(labels_N).tolist() == [1000] * 10
+    assert len(torch.unique(torch.cat(images), dim=0)) > 9_990  # a handful of duplicate images exist in the split
