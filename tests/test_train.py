@@ -199,3 +199,17 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
     with pytest.raises(DataError):
         pretrain(small_recipe(max_steps=2), str(tmp_path / "nowhere"), tmp_path / "run", progress=False)
+
+
+def test_a_bare_cuda_device_gets_this_rank_s_index(monkeypatch):
+    """``--device cuda`` crashed in torch.cuda.set_device (it needs an index); each torchrun
+    rank takes the GPU of its LOCAL_RANK. Device objects need no GPU to be made."""
+    from convssl.dist import training_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert training_device("cuda") == torch.device("cuda", 0)
+    assert training_device("cuda:1") == torch.device("cuda", 1)
+    assert training_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert training_device("cuda") == torch.device("cuda", 3)
+    assert training_device(None) == (torch.device("cuda", 3) if torch.cuda.is_available() else torch.device("cpu"))

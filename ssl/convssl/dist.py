@@ -36,6 +36,17 @@ def from_env() -> DistInfo:
     )
 
 
+def training_device(device: str | None) -> torch.device:
+    """The device a training process runs on: ``device`` (``cpu``, ``cuda``, ``cuda:1``), or
+    this process's GPU when there is one. A bare ``cuda`` becomes ``cuda:LOCAL_RANK``: each
+    torchrun rank its own GPU, and ``torch.cuda.set_device`` and DDP's ``device_ids`` need
+    an index (``--device cuda`` crashed in ``set_device`` before)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", from_env().local_rank)
+    return dev
+
+
 def init(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (NCCL on GPU, gloo on CPU)."""
     info = from_env()

@@ -140,7 +140,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     """
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}, not {init!r}")
-    dev = torch.device(device or (f"cuda:{cdist.from_env().local_rank}" if torch.cuda.is_available() else "cpu"))
+    dev = cdist.training_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     info = cdist.init(dev)

@@ -81,7 +81,7 @@ def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool | str =
         raise ConfigError(f"resume must be False, True or 'auto', not {resume!r}")
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after must be at least 1 (steps to run before stopping), not {stop_after}")
-    dev = torch.device(device or (f"cuda:{cdist.from_env().local_rank}" if torch.cuda.is_available() else "cpu"))
+    dev = cdist.training_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     info = cdist.init(dev)

@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch.nn.modules.utils import _pair
 
 import spconv.pytorch as spconv_torch  # ImportError here -> the install hint of load_backend
+from spconv.core import ConvAlgo
 from spconv.cppconstants import CPU_ONLY_BUILD
 
 from convssl.sparse.layers import is_channels_last
@@ -77,7 +78,11 @@ def _spconv_op(layer: nn.Conv2d):
     op = layer.__dict__.get("_spconv_op")
     if op is None:
         kw = dict(kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                  dilation=layer.dilation, bias=False, indice_key=KEY)
+                  dilation=layer.dilation, bias=False, indice_key=KEY,
+                  # the rulebook as (input, output) pairs per kernel offset, which our backward
+                  # reads: the CUDA builds' default (implicit GEMM) keeps another structure,
+                  # without indice_pairs (the CPU build's default is left as tested)
+                  algo=None if CPU_ONLY_BUILD else ConvAlgo.Native)
         cls = spconv_torch.SubMConv2d if _pair(layer.stride) == (1, 1) else spconv_torch.SparseConv2d
         op = cls(layer.in_channels, layer.out_channels, **kw)
         layer.__dict__["_spconv_op"] = op
