@@ -3,7 +3,10 @@
 Modules: ``features`` (frozen, pooled features of every stage), ``linear`` (L-BFGS
 logistic regression, weight decay chosen on a held-out split), ``knn`` (weighted
 cosine kNN), ``report`` (report.json / report.md / stages.png), ``probe`` (all of it
-for a pair of labeled shard sets); ``finetune`` (full fine-tuning with a fresh head,
+for a pair of labeled shard sets, with ``baselines`` probed the same way), ``bootstrap``
+(95% intervals and paired differences over held-out images), ``correctness`` (per-image
+correctness stored as bits, for pairing reports later), ``verdict`` (pays / no gain
+measurable / hurts), ``baselines`` (random init, weights:PATH); ``finetune`` (full fine-tuning with a fresh head,
 ``label_subset``, ``layer_decay``, ``finetune_config``, ``finetune_report``), ``embed``
 (a 2-D map of the features), ``input_spec`` (what a checkpoint's encoder is fed).
 Imported on use.
