@@ -13,6 +13,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     parser.add_argument("--epochs", type=float, default=None, help="train this many epochs")
+    parser.add_argument("--budget", default=None, metavar="TIME",
+                        help="fit the run to wall-clock TIME (90s, 20m, 1.5h): the first steps are timed and the "
+                             "step count, warm-up and schedules fixed from them (recipe key train.budget)")
+    parser.add_argument("--init", default=None, metavar="WEIGHTS",
+                        help="start from existing weights (recipe key encoder.init): a .pth/.pt/.safetensors state "
+                             "dict, a convssl checkpoint or run dir, torchvision:<WEIGHTS> or timm:pretrained "
+                             "(local caches only)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="end this invocation after N steps with a checkpoint (schedule unchanged); continue with --resume")
     parser.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
@@ -41,6 +48,16 @@ def run(args) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.epochs is not None:
         overrides += [f"train.epochs={args.epochs}", "train.max_steps=0"] if args.max_steps is None else [f"train.epochs={args.epochs}"]
+    if args.budget is not None:
+        from convssl.errors import ConfigError
+        from convssl.train.budget import parse_budget
+
+        if args.max_steps is not None or args.epochs is not None:
+            raise ConfigError("--budget decides the number of steps: give --budget, --max-steps or --epochs, not two")
+        parse_budget(args.budget)
+        overrides += [f"train.budget={args.budget}", "train.max_steps=0"]
+    if args.init is not None:
+        overrides.append(f"encoder.init={args.init}")
     recipe = load_recipe(args.recipe, overrides)
     summary = pretrain(recipe, args.data, args.out, resume=args.resume, device=args.device,
                        progress=not args.quiet, stop_after=args.stop_after, monitor=args.monitor)

@@ -27,6 +27,9 @@ class EncoderConfig:
     input_size: the training input size; stages are discovered at this size.
     stages: module names whose outputs are the stages; empty = discovered.
     kwargs: extra keyword arguments for the model builder (e.g. ``drop_path_rate``).
+    init: starting weights for pretraining ("" = random): a state dict file, a convssl
+        checkpoint, ``torchvision:<WEIGHTS>`` or ``timm:pretrained`` (``encoders.init_weights``;
+        applied where a run starts, never by ``build_encoder``).
     """
 
     spec: str = "torchvision:resnet18"
@@ -35,6 +38,7 @@ class EncoderConfig:
     input_size: int = 224
     stages: tuple[str, ...] = ()
     kwargs: dict = field(default_factory=dict)
+    init: str = ""
 
 
 class _StopForward(Exception):
@@ -57,6 +61,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.model = model
         self.config = config
+        self.init_source: dict | None = None  # where the starting weights came from (init_weights.apply_init)
         self.in_chans = in_chans or stem.conv_in_channels(model)
         self.input_size = input_size
         if not isinstance(input_size, int) or input_size < 1:

@@ -107,6 +107,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
         },
         "recipe": ckpt["config"],
         "checkpoint": {"path": ckpt["path"], "step": ckpt.get("step")},
+        "init": ckpt.get("init"),  # the starting weights pretraining began from (source, sha256), or None
         "convssl_version": convssl.__version__,
         "versions": ckpt.get("versions"),
     }

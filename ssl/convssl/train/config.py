@@ -60,6 +60,9 @@ class TrainConfig:
     max_bad_steps: stop (with a checkpoint of the last finite state) after this many steps
         in a row whose loss or gradients were NaN or infinite; each such step is skipped.
     monitor_every: steps between online monitor checks (``pretrain --monitor SHARDS``; 0 = never).
+    budget: wall-clock time for the run ("90s", "20m", "1.5h"; "" = off): its first steps are
+        timed and max_steps decided from them (``convssl.train.budget``); a run's config.yaml
+        records the decided max_steps beside the budget, and a decided max_steps is not timed again.
     """
 
     epochs: float = 100.0
@@ -75,12 +78,17 @@ class TrainConfig:
     image_every: int = 0
     max_bad_steps: int = 5
     monitor_every: int = 100
+    budget: str = ""
 
     def __post_init__(self):
         at_least("epochs", self.epochs, 0)
         at_least("max_steps (0 = use epochs)", self.max_steps, 0)
-        if not self.max_steps and not self.epochs > 0:
-            raise ValueError("give epochs > 0 or max_steps > 0: the run would have no steps")
+        if not self.max_steps and not self.epochs > 0 and not self.budget:
+            raise ValueError("give epochs > 0, max_steps > 0 or a budget: the run would have no steps")
+        if self.budget:
+            from convssl.train.budget import parse_budget
+
+            parse_budget(self.budget)
         for name in ("ckpt_every", "log_every", "image_every", "monitor_every"):
             at_least(f"{name} (0 = off)", getattr(self, name), 0)
         at_least("keep_checkpoints", self.keep_checkpoints, 1)

@@ -23,11 +23,13 @@ from convssl import __version__
 from convssl import dist as cdist
 from convssl.atomic import NoSpaceError, clean_stale_temps
 from convssl.encoders import build_encoder
+from convssl.encoders.init_weights import apply_init
 from convssl.errors import ConfigError, ConvsslError
 from convssl.input_memory import check_input_fits
 from convssl.recipe import Recipe, check_batch, recipe_from_dict
 from convssl.registry import build_task
 from convssl.run_lock import RunLock
+from convssl.train import budget as budget_fit
 from convssl.train import checkpoint as ckpt_io
 from convssl.train.finite import StepGuard, finite_step
 from convssl.train.interrupt import StopRequest
@@ -59,6 +61,7 @@ class Plan:
     total_steps: int
     warmup_steps: int
     peak_lr: float
+    budget: dict | None = None  # a train.budget's decision (convssl.train.budget): recorded, never re-timed
 
 
 def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool | str = False,
@@ -105,14 +108,22 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
     """``pretrain`` once rank 0 holds the run directory and the start is decided."""
     ckpt_dir = run_dir / "checkpoints"
     if state is not None:
-        recipe = _merge_resumed_recipe(state, recipe, info)
+        recipe = budget_fit.resumed(_merge_resumed_recipe(state, recipe, info), state)
+    fitting = budget_fit.needs_fitting(recipe, state)  # the step count is decided after timed steps
     plan = make_plan(recipe, manifest, info.world_size)
-    _warn_about_plan(recipe, plan, info)
+    if state is not None and state.get("budget"):
+        plan.budget = state["budget"]
+    if not fitting:
+        _warn_about_plan(recipe, plan, info)
     check_input_fits(plan.per_rank_batch, recipe.data.channels, recipe.data.size, dev,
                      names="data.size or data.batch_size")
 
     seed_all(recipe.train.seed)
     encoder = build_encoder(recipe.encoder)
+    if state is None:  # starting weights (encoder.init); a resumed run has its own
+        apply_init(encoder, recipe.encoder.init, note=lambda message: _note(info, message))
+    else:
+        encoder.init_source = state.get("init")
     task = build_task(recipe.task, encoder, recipe.data)
     if info.enabled and dev.type == "cuda" and recipe.train.sync_bn and not task.manages_batchnorm_sync:
         task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
@@ -141,12 +152,9 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
     if recipe.train.compile:
         model = torch.compile(model)
 
-    if info.is_main:
-        _write_config(run_dir, recipe, data, info, plan)
     log = RunLog(run_dir) if info.is_main else None
     watch = _monitor(monitor, recipe, info)
     bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
-    end = plan.total_steps if stop_after is None else min(plan.total_steps, step + stop_after)
     try:
         if batches is None:
             batches = _shard_batches(recipe, urls, manifest, info, plan, start_batches=step,
@@ -158,7 +166,18 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
         torch.manual_seed(recipe.train.seed * 1009 + info.rank)
         if state is not None:
             _restore_rng(state, info, recipe.train.seed)
-        summary = _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info,
+        feed = batches
+        if fitting:  # time real steps, fix train.max_steps, undo them (convssl.train.budget)
+            recipe, plan, feed = budget_fit.fit(
+                recipe, lambda r: make_plan(r, manifest, info.world_size), batches, model=model, task=task,
+                optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, device=dev, info=info,
+                to_device=lambda b: _to_device(b, dev, recipe.train.channels_last))
+            _warn_about_plan(recipe, plan, info)
+            bar.total, bar.t0 = plan.total_steps, time.perf_counter()
+        if info.is_main:
+            _write_config(run_dir, recipe, data, info, plan, init=encoder.init_source)
+        end = plan.total_steps if stop_after is None else min(plan.total_steps, step + stop_after)
+        summary = _loop(model, task, optimizer, scaler, amp_dtype, feed, recipe, plan, info,
                         dev, step, end, ckpt_dir, log, bar, watch)
     finally:
         stop_workers(batches)
@@ -186,6 +205,8 @@ def make_plan(recipe: Recipe, manifest, world_size: int) -> Plan:
         total = recipe.train.max_steps
     elif steps_per_epoch:
         total = max(1, math.ceil(recipe.train.epochs * steps_per_epoch))
+    elif recipe.train.budget:
+        total = 1  # a placeholder until the budget's timed steps decide (convssl.train.budget.fit)
     else:
         raise ConfigError("the shards have no manifest with a sample count: give train.max_steps (--max-steps)")
     spe = steps_per_epoch or total
@@ -367,6 +388,8 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
             "data": {"per_rank_batches": step, "per_rank_batch": plan.per_rank_batch,
                      "world_size": info.world_size},
             "config": recipe.to_dict(),
+            "budget": plan.budget,
+            "init": encoder.init_source,
             "encoder": {k: v.detach().cpu() for k, v in encoder.backbone_state_dict().items()},
             "task": task.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -522,6 +545,12 @@ def _warn_about_plan(recipe: Recipe, plan: Plan, info) -> None:
               f"{reached:.0%} of its peak {plan.peak_lr:.3g}; shorten optim.warmup_epochs")
 
 
+def _note(info, message: str) -> None:
+    """A note for the user (no warning): one line on stdout, from the main rank."""
+    if info.is_main:
+        print(f"convssl pretrain: {message}", flush=True)
+
+
 def _warn(info, message: str) -> None:
     """A warning the user must see: one line on stderr, from the main rank."""
     if info.is_main:
@@ -560,11 +589,15 @@ def _to_device(batch: dict, dev: torch.device, channels_last: bool) -> dict:
     return {k: move(v) for k, v in batch.items()}
 
 
-def _write_config(run_dir: Path, recipe: Recipe, data: str, info, plan: Plan) -> None:
+def _write_config(run_dir: Path, recipe: Recipe, data: str, info, plan: Plan, init: dict | None = None) -> None:
     doc = recipe.to_dict()
     doc["run"] = {"data": data, "world_size": info.world_size, "global_batch": plan.global_batch,
                   "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
                   "peak_lr": plan.peak_lr, "num_samples": plan.num_samples, **_versions()}
+    if plan.budget:
+        doc["run"]["budget"] = plan.budget
+    if init:  # the starting weights: source, file read, sha256
+        doc["run"]["init"] = init
     (run_dir / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 

@@ -1,0 +1,161 @@
+"""A wall-clock budget (``train.budget``, ``pretrain --budget 20m``) turned into a step count.
+
+The run's first steps are timed after start-up (model built, loader started), the total
+step count is fixed so the run ends within the budget, and that count becomes the run's
+``train.max_steps``: the warm-up (in epochs, converted to steps by ``make_plan``), the
+learning-rate and weight-decay schedules and the momentum schedule span exactly it, as if
+the user had written it. The decision is recorded in ``config.yaml`` and every checkpoint
+(``train.max_steps`` and ``budget``), so ``--resume`` continues the same plan and never
+measures again. Under torchrun rank 0 decides and broadcasts.
+
+Exactness: the timed steps are real training steps on the run's first batches, but their
+effect is undone: the task, optimizer, scaler and RNG states are snapshotted before and
+restored after, and the batches they used are kept and fed to the run again as its first
+batches. A budget run is therefore bit-identical to a run with ``train.max_steps`` set to
+the decided count (tested), at the cost of the few timed steps done twice.
+
+The budget clock starts at the first timed step (start-up before it is not counted).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import re
+import time
+from dataclasses import replace
+
+import torch
+
+from convssl import dist as cdist
+from convssl.errors import ConfigError
+from convssl.train.state import rng_state, set_rng_state
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_FORMAT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([smh])\s*$")
+SAFETY = 0.95  # of the time left after timing: checkpoints and logging are not in the timed steps
+WARM_STEPS = 2  # untimed: allocation, cudnn autotuning, torch.compile
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in ``text`` (``90s``, ``20m``, ``1.5h``); a ``ConfigError`` in one line otherwise."""
+    found = _FORMAT.match(str(text))
+    if not found or float(found.group(1)) <= 0:
+        raise ConfigError(f"budget {text!r}: write a positive number and a unit, s, m or h (90s, 20m, 1.5h)")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def format_seconds(seconds: float) -> str:
+    """A budget ``parse_budget`` reads, rounded up: ``95`` -> ``95s``, ``1250`` -> ``21m``, ``40000`` -> ``11.2h``."""
+    if seconds <= 600:
+        return f"{math.ceil(seconds)}s"
+    if seconds <= 36000:
+        return f"{math.ceil(seconds / 60)}m"
+    return f"{math.ceil(seconds / 360) / 10:g}h"
+
+
+def resumed(recipe, state: dict):
+    """The resumed run's recipe with the recorded step count of its budget (no new timing).
+
+    A resumed command repeats ``--budget`` (so ``train.max_steps`` is 0 there); the
+    checkpoint's ``train.max_steps`` is the decision."""
+    saved = (state.get("config") or {}).get("train", {})
+    if recipe.train.budget and not recipe.train.max_steps and saved.get("budget") == recipe.train.budget:
+        return replace(recipe, train=replace(recipe.train, max_steps=int(saved["max_steps"])))
+    return recipe
+
+
+def needs_fitting(recipe, state: dict | None) -> bool:
+    """A fresh run with a budget and no step count decided yet (a run's config.yaml used as a
+    recipe holds its decided ``train.max_steps``: that is used, not timed again)."""
+    return state is None and bool(recipe.train.budget) and not recipe.train.max_steps
+
+
+def fit(recipe, plan_for, batches, *, model, task, optimizer, scaler, amp_dtype, device, to_device, info):
+    """Time real steps, decide the total, undo the timed steps.
+
+    ``plan_for(recipe)`` is the trainer's ``make_plan`` for this data and world size;
+    ``batches`` the rank's batch iterator. Returns ``(recipe, plan, batches)``: the recipe
+    with ``train.max_steps`` decided, its plan (``plan.budget`` the record) and an iterator
+    that gives the timed batches again, then the rest.
+    """
+    budget_s = parse_budget(recipe.train.budget)
+    snapshot = _snapshot(task, optimizer, scaler)
+    used: list = []
+
+    def step_once() -> float:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        used.append(batch)
+        _timed_step(model, task, optimizer, scaler, amp_dtype, device, to_device(batch), recipe.optim.clip_grad)
+        return time.perf_counter() - t0
+
+    clock = time.perf_counter()
+    warm = [step_once() for _ in range(WARM_STEPS)]
+    # enough timed steps to see the loader's sustained rate (not only its prefetched batches)
+    target = min(0.03 * budget_s, 30.0)
+    count = cdist.broadcast_object(int(min(500, max(5 + 2 * recipe.data.workers, math.ceil(target / max(warm[-1], 1e-6))))))
+    t0 = time.perf_counter()
+    for _ in range(count):
+        step_once()
+    per_step = (time.perf_counter() - t0) / count
+    elapsed = time.perf_counter() - clock
+    decision = cdist.broadcast_object(_decide(recipe, plan_for, budget_s, elapsed, per_step, count)
+                                      if info.is_main else None)
+    _restore(task, optimizer, scaler, snapshot)
+    if "error" in decision:
+        raise ConfigError(decision["error"])
+    recipe = replace(recipe, train=replace(recipe.train, max_steps=decision["total_steps"]))
+    plan = replace(plan_for(recipe), budget=decision)
+    if info.is_main:
+        print(f"budget {recipe.train.budget}: {plan.total_steps} steps at {decision['seconds_per_step']:.3g} s/step "
+              f"measured over {count} steps, warm-up {plan.warmup_steps} steps", flush=True)
+    return recipe, plan, itertools.chain(used, batches)
+
+
+def _decide(recipe, plan_for, budget_s: float, elapsed: float, per_step: float, measured: int) -> dict:
+    """Rank 0's decision: the step count that fills what the timing left of the budget."""
+    left = budget_s - elapsed
+    total = int(SAFETY * left / per_step) if left > 0 else 0
+    record = {"budget": recipe.train.budget, "seconds": budget_s, "seconds_per_step": per_step,
+              "measured_steps": measured, "timing_seconds": elapsed, "total_steps": total}
+    warmup = plan_for(replace(recipe, train=replace(recipe.train, max_steps=max(total, 1)))).warmup_steps
+    need = max(warmup, 1)
+    if total < need:
+        minimum = format_seconds(elapsed + need * per_step / SAFETY)
+        what = (f"the warm-up (optim.warmup_epochs {recipe.optim.warmup_epochs:g} = {warmup} steps)" if warmup
+                else "one step")
+        return {"error": f"budget {recipe.train.budget} is too small for {what} at {per_step:.3g} s/step "
+                         f"(measured over {measured} steps, {elapsed:.1f} s of timing): give at least --budget "
+                         f"{minimum}" + (", or shorten optim.warmup_epochs" if warmup else "")}
+    return record
+
+
+def _timed_step(model, task, optimizer, scaler, amp_dtype, device, batch, clip: float) -> None:
+    """One training step as the loop runs it (forward, backward, clip, step, after_step)."""
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = model(batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([p for p in task.parameters() if p.requires_grad],
+                                   clip if clip > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    task.after_step(0, 1)
+    float(loss.detach())  # waits for the device: the step is done when timed
+
+
+def _snapshot(task, optimizer, scaler) -> dict:
+    return {"task": copy.deepcopy(task.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "scaler": copy.deepcopy(scaler.state_dict()), "rng": copy.deepcopy(rng_state())}
+
+
+def _restore(task, optimizer, scaler, snapshot: dict) -> None:
+    task.load_state_dict(snapshot["task"])
+    optimizer.load_state_dict(snapshot["optimizer"])
+    if snapshot["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(snapshot["scaler"])
+    optimizer.zero_grad(set_to_none=True)
+    set_rng_state(snapshot["rng"])
