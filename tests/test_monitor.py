@@ -100,6 +100,6 @@ def test_a_monitored_run_trains_exactly_as_an_unmonitored_one(tmp_path):
         assert torch.equal(a[k], b[k]), k
     lines = [json.loads(l) for l in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
     monitored = [l for l in lines if "monitor/knn_top1" in l]
-    assert [l["step"] for l in monitored] == [2]
+    assert [l["step"] for l in monitored] == [2, 3]  # every 2 steps, and at the run's last step
     assert {"monitor/probe_top1", "monitor/feat_std", "monitor/eff_rank", "monitor/collapsed"} <= set(monitored[0])
     assert list((tmp_path / "on" / "tensorboard").iterdir())
