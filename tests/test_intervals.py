@@ -310,7 +310,7 @@ def test_the_quickstart_held_out_set_is_the_whole_fashion_mnist_test_split():
     """test/ + holdout/ + test_rest/ (gzip-compressed tars) read as 10,000 labeled images,
     1000 per class as in the published test split, all distinct."""
     from convssl.commands.quickstart import HELD_OUT
-    from convssl.eval.features import labeled_batches
+    from convssl.eval.features import labeled_batches, shard_count
 
     spec = "::".join(str(FMNIST / s) for s in HELD_OUT)
     images, labels = [], []
@@ -320,4 +320,5 @@ def test_the_quickstart_held_out_set_is_the_whole_fashion_mnist_test_split():
             labels.append(cls_B)
     labels_N = torch.cat(labels)
     assert len(labels_N) == 10_000 and torch.bincount(labels_N).tolist() == [1000] * 10
+    assert shard_count(spec) == 10_000  # the progress line's total (ETA) over specs joined by ::
     assert len(torch.unique(torch.cat(images), dim=0)) > 9_990  # a handful of duplicate images exist in the split

@@ -151,9 +151,15 @@ def _check_labeled(spec: str, urls: list[str], manifest) -> None:
 
 
 def shard_count(spec: str) -> int | None:
-    """Samples in a shard set, when its manifest tells (for a progress ETA)."""
-    _, manifest = resolve_shards(spec)
-    return sum(s.count for s in manifest.shards) if manifest is not None else None
+    """Samples in a shard set (several joined by ``::`` too), when every part's manifest tells
+    (for a progress ETA)."""
+    total = 0
+    for part in str(spec).split("::"):
+        _, manifest = resolve_shards(part)
+        if manifest is None:
+            return None
+        total += sum(s.count for s in manifest.shards)
+    return total
 
 
 @contextmanager
