@@ -204,3 +204,18 @@ def test_old_checkpoints_without_init_still_load(tmp_path):
                          "config": {"encoder": config, "data": {}}}, tmp_path / "old.pt")
     loaded, _ = ckpt_io.load_encoder(tmp_path / "old.pt", trust=[SPEC])
     assert loaded.config.init == ""
+
+
+def test_timm_pretrained_from_the_local_caches_only(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty caches, as on a fresh machine
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    encoder = build_encoder(EncoderConfig(spec="timm:resnet18", in_chans=1, input_size=32))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        apply_init(encoder, "timm:pretrained")
+    assert time.perf_counter() - started < 5  # a cache lookup, no download
+    message = str(err.value)
+    assert "\n" not in message and "never downloads" in message and "huggingface.co/timm/resnet18" in message

@@ -153,9 +153,12 @@ def _torchvision_file(init: str) -> Path:
     name = init.split(":", 1)[1]
     try:
         from torchvision.models import get_weight
-
+    except Exception as exc:  # not installed, or a build that does not import (see ENVIRONMENT)
+        raise ConfigError(f"encoder.init {init!r} needs torchvision, which does not import here "
+                          f"({type(exc).__name__}); give the weight file's path instead") from None
+    try:
         weights = get_weight(name)
-    except (ImportError, ValueError, KeyError, AttributeError) as exc:
+    except (ValueError, KeyError, AttributeError) as exc:
         raise ConfigError(f"encoder.init {init!r}: torchvision has no weights {name!r} ({type(exc).__name__}); "
                           "write the enum and member, e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1") from None
     file = os.path.basename(urlparse(weights.url).path)

@@ -5,7 +5,8 @@ Specs:
 - ``timm:NAME``          any timm model, when timm is installed
 - ``package.module:callable``  a user's function or class returning an ``nn.Module``
 
-Weights are always random: convssl pretrains from scratch.
+Weights here are always random; starting weights (``encoder.init``) are loaded afterwards
+by ``convssl.encoders.init_weights``, where a run starts.
 """
 
 from __future__ import annotations

@@ -93,9 +93,7 @@ def fit(recipe, plan_for, batches, *, model, task, optimizer, scaler, amp_dtype,
 
     clock = time.perf_counter()
     warm = [step_once() for _ in range(WARM_STEPS)]
-    # enough timed steps to see the loader's sustained rate (not only its prefetched batches)
-    target = min(0.03 * budget_s, 30.0)
-    count = cdist.broadcast_object(int(min(500, max(5 + 2 * recipe.data.workers, math.ceil(target / max(warm[-1], 1e-6))))))
+    count = cdist.broadcast_object(_timed_count(budget_s, warm[-1], recipe.data.workers))
     t0 = time.perf_counter()
     for _ in range(count):
         step_once()
@@ -112,6 +110,16 @@ def fit(recipe, plan_for, batches, *, model, task, optimizer, scaler, amp_dtype,
         print(f"budget {recipe.train.budget}: {plan.total_steps} steps at {decision['seconds_per_step']:.3g} s/step "
               f"measured over {count} steps, warm-up {plan.warmup_steps} steps", flush=True)
     return recipe, plan, itertools.chain(used, batches)
+
+
+def _timed_count(budget_s: float, step_s: float, workers: int) -> int:
+    """How many steps to time: about 3% of the budget (at most 30 s), at least 3; and, where
+    10% of the budget allows, past the loader's prefetched batches (2 per worker), so a run
+    the data holds back is timed at its sustained rate."""
+    step_s = max(step_s, 1e-6)
+    count = max(3, math.ceil(min(0.03 * budget_s, 30.0) / step_s))
+    count = max(count, min(5 + 2 * workers, int(0.1 * budget_s / step_s)))
+    return int(min(count, 500))
 
 
 def _decide(recipe, plan_for, budget_s: float, elapsed: float, per_step: float, measured: int) -> dict:
