@@ -80,8 +80,10 @@ def random_init(config: EncoderConfig, seed: int) -> Encoder:
         f = names["init"]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         config = dataclasses.replace(config, init=default)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU stream only: building draws there
+        # torch.manual_seed would also reseed every GPU's stream, which fork_rng(devices=[])
+        # does not restore: a monitored GPU run would then draw other masks than an unmonitored one
+        torch.random.default_generator.manual_seed(seed)
         return build_encoder(config)
 
 
