@@ -16,6 +16,8 @@ Legend: N samples, D feature dims, K classes, R = min(N, D).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +28,13 @@ WD_GRID = tuple(10.0 ** e for e in range(-6, 2))  # 1e-6 ... 10, log-spaced
 HELDOUT = 0.2
 SEARCH_ITER = 100  # for every grid value at once (one batched solve from zero)
 MAX_ITER = 300  # the final fit, warm-started from the search at the chosen wd
+# One thread for the fits: a batched L-BFGS solve is thousands of small parallel regions, and
+# with 2 threads on 2 cores that any other work shares, each region waits for a descheduled
+# thread (measured: the 8-wd search on 800 x 1000 took 0.25 s on 1 thread, 5-10 s on 2; the
+# quickstart's 8 fits 17 s against 348 s). A thread count also changes float reductions enough
+# to flip near-tied weight-decay choices (the quickstart's layer1 chose 1e-5 on 2 threads,
+# 0.1 on 1: 84.0 vs 84.7), so a fixed count makes the result independent of the machine's.
+FIT_THREADS = 1
 
 
 def standardize(train_ND: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -137,10 +146,22 @@ def fit_in_row_space(x_ND: torch.Tensor, y_N: torch.Tensor, num_classes: int, wd
     return Q_DR @ Z_RK, b_K
 
 
+@contextmanager
+def intra_op_threads(n: int | None):
+    """Run the block on ``n`` intra-op CPU threads (None: leave torch's setting), restored after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def linear_probe(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.Tensor, val_y_N: torch.Tensor, *,
                  num_classes: int | None = None, wd_grid=WD_GRID, heldout: float = HELDOUT, seed: int = 0,
                  search_iter: int = SEARCH_ITER, max_iter: int = MAX_ITER,
-                 device: torch.device | str | None = None) -> dict:
+                 device: torch.device | str | None = None, threads: int | None = FIT_THREADS) -> dict:
     """Choose wd on a held-out split of train, refit on all of train, evaluate on val.
 
     Features are standardized with the whole training set's statistics, also for the
@@ -152,9 +173,18 @@ def linear_probe(train_ND: torch.Tensor, train_y_N: torch.Tensor, val_ND: torch.
     ``max_iter``. Ties in held-out accuracy go to the larger wd (the simpler model).
     Half-precision features are upcast to float32 here, one stage at a time.
 
+    On the CPU the fit runs on ``threads`` intra-op threads (default 1, see ``FIT_THREADS``).
+
     Returns ``{"top1": val top-1, "wd": chosen wd, "train_top1": ..., "heldout": [[wd, top-1], ...],
     "correct": bool [M] per val sample}`` (accuracies as fractions in [0, 1]).
     """
+    with intra_op_threads(threads):
+        return _linear_probe(train_ND, train_y_N, val_ND, val_y_N, num_classes=num_classes, wd_grid=wd_grid,
+                             heldout=heldout, seed=seed, search_iter=search_iter, max_iter=max_iter, device=device)
+
+
+def _linear_probe(train_ND, train_y_N, val_ND, val_y_N, *, num_classes, wd_grid, heldout, seed, search_iter,
+                  max_iter, device) -> dict:
     device = torch.device(device) if device is not None else train_ND.device
     if num_classes is None:
         num_classes = int(max(train_y_N.max(), val_y_N.max())) + 1
