@@ -67,16 +67,17 @@ def test_budget_run_ends_within_the_budget_and_records_its_plan(tmp_path, capsys
                      r"warm-up 0 steps", line), line
 
 
-def test_budget_run_equals_the_same_max_steps_run_and_resume_continues_its_plan(tmp_path):
+def test_budget_run_equals_the_same_max_steps_run_and_resume_continues_its_plan(tmp_path, capsys):
     """The timed steps are undone (state snapshot, batches replayed): a budget run is the run
     of its decided max_steps, bit for bit; a resumed budget run does not time again."""
     recipe = budget_recipe("6s", ckpt_every=0)
     pretrain(recipe, str(UNLABELED), tmp_path / "split", progress=False, stop_after=2)
+    assert "budget 6s: " in capsys.readouterr().out
     first = ckpt_io.load(tmp_path / "split")
     steps = first["config"]["train"]["max_steps"]
     assert first["step"] == 2 and steps >= 2 and first["budget"]["total_steps"] == steps
     resumed = pretrain(recipe, str(UNLABELED), tmp_path / "split", resume=True, progress=False)
-    assert resumed["steps"] == steps
+    assert resumed["steps"] == steps and "budget 6s: " not in capsys.readouterr().out  # not timed again
     last = ckpt_io.load(tmp_path / "split")
     assert last["budget"] == first["budget"] and last["config"]["train"]["max_steps"] == steps
 
