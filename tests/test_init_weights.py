@@ -219,3 +219,15 @@ def test_timm_pretrained_from_the_local_caches_only(tmp_path, monkeypatch):
     assert time.perf_counter() - started < 5  # a cache lookup, no download
     message = str(err.value)
     assert "\n" not in message and "never downloads" in message and "huggingface.co/timm/resnet18" in message
+
+
+def test_init_on_the_command_line_is_one_line_when_the_file_is_missing(tmp_path, capsys):
+    from convssl.cli import main
+
+    code = main(["pretrain", "--recipe", str(ROOT / "recipes" / "rotation_resnet18_small.yaml"), "--data",
+                 str(UNLABELED), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "nope.pth"),
+                 "--max-steps", "1", "--quiet", "--set", f"encoder.spec={SPEC}", "--set", "encoder.small_input=false",
+                 "--set", "data.size=16", "--set", "data.workers=0", "--set", "optim.warmup_epochs=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "nope.pth' does not exist" in err, err
+    assert not ckpt_io.latest(tmp_path / "run" / "checkpoints")
