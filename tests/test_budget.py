@@ -101,3 +101,13 @@ def test_budget_too_small_for_the_warmup_names_the_minimum(tmp_path):
     per_step = float(re.search(r"at ([\d.e-]+) s/step", message).group(1))
     assert parse_budget(minimum) >= 625 * per_step  # a value --budget takes, enough for the warm-up
     assert not ckpt_io.latest(tmp_path / "run" / "checkpoints")
+
+
+def test_a_decided_max_steps_beside_a_budget_is_used_with_a_warning(tmp_path, capsys):
+    """A budget run's config.yaml (train.budget and its decided train.max_steps) used as a
+    recipe runs those steps without timing; the user is told."""
+    summary = pretrain(tiny_recipe(train={"max_steps": 3, "budget": "1h"}), str(UNLABELED), tmp_path / "run",
+                       progress=False)
+    captured = capsys.readouterr()
+    assert summary["steps"] == 3 and "budget 1h: " not in captured.out
+    assert "train.budget 1h with train.max_steps 3: the steps are given" in captured.err

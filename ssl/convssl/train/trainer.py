@@ -110,6 +110,9 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
     if state is not None:
         recipe = budget_fit.resumed(_merge_resumed_recipe(state, recipe, info), state)
     fitting = budget_fit.needs_fitting(recipe, state)  # the step count is decided after timed steps
+    if state is None and recipe.train.budget and not fitting:
+        _warn(info, f"train.budget {recipe.train.budget} with train.max_steps {recipe.train.max_steps}: the steps are "
+              "given (as a budget run's config.yaml records them), not timed; --budget (or train.max_steps=0) times them")
     plan = make_plan(recipe, manifest, info.world_size)
     if state is not None and state.get("budget"):
         plan.budget = state["budget"]
