@@ -103,3 +103,21 @@ def test_a_monitored_run_trains_exactly_as_an_unmonitored_one(tmp_path):
     assert [l["step"] for l in monitored] == [2, 3]  # every 2 steps, and at the run's last step
     assert {"monitor/probe_top1", "monitor/feat_std", "monitor/eff_rank", "monitor/collapsed"} <= set(monitored[0])
     assert list((tmp_path / "on" / "tensorboard").iterdir())
+
+
+def test_a_monitored_run_ends_with_the_monitor_verdict_line(tmp_path, capsys):
+    """The last thing a monitored pretrain prints is the monitor's kNN with its interval and
+    its gain over random init, as the summary the Python API returns."""
+    import yaml
+
+    from convssl.cli import main
+
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny(monitor_every=100).to_dict()))
+    assert main(["pretrain", "--recipe", str(recipe_file), "--data", UNLABELED, "--out", str(tmp_path / "run"),
+                 "--monitor", LABELED, "--quiet", "--device", "cpu"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("monitor: "))
+    assert "kNN@20" in line and "over random init: " in line, line
+    assert line.rsplit(": ", 1)[1] in ("pays", "no gain measurable", "hurts"), line
+    last = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 3 and f"{100 * last['monitor/knn_top1']:.1f}" in line  # the end-of-run check

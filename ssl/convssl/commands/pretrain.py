@@ -67,5 +67,7 @@ def run(args) -> int:
         metrics = "  ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
         print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s, "
               f"{summary['img_per_s']:.1f} img/s; {metrics}")
+        if summary.get("monitor"):
+            print(f"monitor: {summary['monitor']}")
         print(f"checkpoint: {summary['checkpoint']}")
     return 0

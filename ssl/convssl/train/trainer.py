@@ -302,6 +302,8 @@ def _loop(model, task, optimizer, scaler, amp_dtype, batches, recipe, plan, info
     return {"steps": step, "metrics": last_scalars, "seconds": seconds,
             "img_per_s": done * plan.global_batch / seconds if seconds > 0 else 0.0,
             "skipped_steps": guard.skipped,
+            # the online monitor's last check: kNN with its interval, gain over random init, verdict
+            "monitor": watch.summary if watch is not None and watch.summary else None,
             "checkpoint": str(last_ckpt or ckpt_io.latest(ckpt_dir) or "") or None}
 
 
