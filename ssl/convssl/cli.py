@@ -84,6 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _kill_leftover_workers()
+        if argv is None:  # this process is the command, and all it has left to do is exit
+            _ignore_stop_signals()
+
+
+def _ignore_stop_signals() -> None:
+    """Ctrl-C or SIGTERM while the interpreter shuts down (torch's and multiprocessing's exit
+    handlers) printed 'Exception ignored in atexit callback ... KeyboardInterrupt' after the
+    command's own last line, e.g. a third impatient Ctrl-C after 'interrupted at step N;
+    checkpoint saved'. The work is done by then: such signals are ignored (kill -9 still
+    works). Only for the real command line, never a caller's process (``main(argv)``)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _report(name: str, exc: ConvsslError, reported: list[ConvsslError]) -> None:
