@@ -276,16 +276,22 @@ def test_spconv_pitfall_threads(two_threads):
     from convssl.sparse.mask import MaskContext
 
     x, w, mask, ref = _spconv_race_case()
-    idx = S.site_indices(mask)
-    bare = _spconv_dense(x, w, mask, 1, w.permute(0, 2, 3, 1).contiguous(), idx, one_thread=False)
-    assert rel_err(bare, ref) > 1e-2, "spconv did not race with 2 threads here: this test proves nothing"
     ctx = MaskContext()
     conv = L.sparsify(nn.Conv2d(64, 64, 3, 1, 1, bias=False), L.SparseWindowed, ctx, "c")
     conv.weight.data.copy_(w)
-    with ctx.use(mask[:, :, ::8, ::8]):
-        ours = S._conv(conv, x, ctx.at((32, 32)), ctx.at((32, 32)), ctx)
-    assert torch.get_num_threads() == 2, "the thread count is restored after the call"
-    assert rel_err(ours, ref) < 1e-5
+    for _ in range(5):  # the guarded call, as often as the bare one may be tried below
+        with ctx.use(mask[:, :, ::8, ::8]):
+            ours = S._conv(conv, x, ctx.at((32, 32)), ctx.at((32, 32)), ctx)
+        assert torch.get_num_threads() == 2, "the thread count is restored after the call"
+        assert rel_err(ours, ref) < 1e-5
+    # The race needs both threads running at once: on a loaded machine the scheduler may
+    # serialise them for a whole call, so it is tried a few times before calling it absent.
+    idx = S.site_indices(mask)
+    errors = [rel_err(_spconv_dense(x, w, mask, 1, w.permute(0, 2, 3, 1).contiguous(), idx, one_thread=False), ref)
+              for _ in range(5)]
+    if max(errors) <= 1e-2:
+        pytest.skip(f"spconv did not race in 5 unguarded calls here (errors {max(errors):.1e}); the guarded "
+                    "calls above matched, but this run does not show that the guard is needed")
 
 
 @pytest.mark.parametrize("k,stride", [(3, 1), (1, 1), (3, 2), (1, 2)])
