@@ -211,7 +211,7 @@ def _read_state_dict(path: Path) -> dict:
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
-            raise ConvsslError(f"encoder.init {str(path)!r} is a .safetensors file: pip install safetensors "
+            raise ConvsslError(f"{str(path)!r} is a .safetensors file: pip install safetensors "
                                "(or pip install 'convssl[safetensors]')") from exc
         try:
             return load_file(str(path))
@@ -220,7 +220,7 @@ def _read_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConvsslError(f"cannot read encoder.init {str(path)!r} ({type(exc).__name__}: "
+        raise ConvsslError(f"cannot read the weight file {str(path)!r} ({type(exc).__name__}: "
                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); give "
                            f"{', '.join(FORMS)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("encoder"), dict) and "config" in obj:
@@ -229,7 +229,7 @@ def _read_state_dict(path: Path) -> dict:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ConvsslError(f"encoder.init {str(path)!r} holds no state dict (a mapping of names to tensors)")
+        raise ConvsslError(f"the weight file {str(path)!r} holds no state dict (a mapping of names to tensors)")
     return obj
 
 
