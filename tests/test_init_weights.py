@@ -231,3 +231,22 @@ def test_init_on_the_command_line_is_one_line_when_the_file_is_missing(tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "nope.pth' does not exist" in err, err
     assert not ckpt_io.latest(tmp_path / "run" / "checkpoints")
+
+
+def test_probe_encoder_with_init_probes_those_weights(tmp_path, capsys):
+    """probe --encoder SPEC --init FILE probes the file's weights: the same figures as the file
+    probed as a --baseline weights: of a random-init encoder (one protocol, one set of images)."""
+    from convssl.cli import main
+
+    start = tmp_path / "start.pth"
+    torch.save(full_model_weights(1, seed=13), start)
+    train = subset_shards(FMNIST / "train", tmp_path / "train", 150)
+    val = subset_shards(FMNIST / "test", tmp_path / "val", 150)
+    common = ["--encoder", SPEC, "--in-chans", "1", "--size", "16", "--train", train, "--val", val, "--workers", "0", "--max-dims", "64",
+              "--quiet", "--no-knn", "--resamples", "1000", "--mean", "0.286", "--std", "0.353"]
+    assert main(["probe", *common, "--init", str(start), "--out", str(tmp_path / "a")]) == 0
+    assert main(["probe", *common, "--baseline", f"weights:{start}", "--out", str(tmp_path / "b")]) == 0
+    assert f"from {start}" in capsys.readouterr().out
+    a = json.loads((tmp_path / "a" / "report.json").read_text())["stages"]
+    (b,) = json.loads((tmp_path / "b" / "report.json").read_text())["baselines"]
+    assert [s["linear_top1"] for s in a] == [s["linear_top1"] for s in b["stages"]]

@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
     source.add_argument("--encoder", metavar="SPEC",
                         help="probe this encoder at random init (torchvision:NAME, timm:NAME, pkg.module:fn)")
     parser.add_argument("--small-input", action="store_true", help="with --encoder: ResNet stem for 28-64 px images")
+    parser.add_argument("--init", default=None, metavar="WEIGHTS",
+                        help="with --encoder: probe these weights instead of random init (a .pth/.pt/.safetensors "
+                             "state dict, a convssl checkpoint, torchvision:<WEIGHTS>, timm:pretrained; local only)")
     parser.add_argument("--in-chans", type=int, default=None,
                         help="with --encoder: input channels (default: the train shards' channels, else 3)")
     parser.add_argument("--size", type=int, default=None,
@@ -80,7 +83,7 @@ def run(args) -> int:
     if len(mean) != info["channels"] or len(std) != info["channels"]:
         raise ConfigError(f"--mean and --std need {info['channels']} value(s), one per input channel; "
                           f"got {len(mean)} and {len(std)}")
-    if args.encoder and any(spec.kind == "random" and spec.seed == args.seed for spec in specs):
+    if args.encoder and not args.init and any(spec.kind == "random" and spec.seed == args.seed for spec in specs):
         raise ConfigError(f"--baseline random: the probed encoder is already random init with seed {args.seed}; "
                           "use --baseline random:SEED with another seed, or probe a checkpoint (--ckpt)")
     baselines = [build_baseline(spec, encoder.config) for spec in specs]
@@ -106,7 +109,7 @@ def run(args) -> int:
 def _from_checkpoint(args):
     from convssl.eval.probe import checkpoint_input
 
-    for flag, value in (("--small-input", args.small_input), ("--in-chans", args.in_chans)):
+    for flag, value in (("--small-input", args.small_input), ("--in-chans", args.in_chans), ("--init", args.init)):
         if value:
             raise ConfigError(f"{flag} applies to --encoder only; with --ckpt the encoder comes from the checkpoint")
     encoder, info = checkpoint_input(args.ckpt, args.trust_encoder)
@@ -122,10 +125,15 @@ def _random_init(args):
     size = args.size or (32 if args.small_input else 224)
     torch.manual_seed(args.seed)
     encoder = build_encoder(args.encoder, in_chans=in_chans, small_input=args.small_input, input_size=size)
+    if args.init:
+        from convssl.encoders.init_weights import apply_init
+
+        apply_init(encoder, args.init, note=lambda message: print(f"convssl probe: {message}"))
     mean, std = _DEFAULT_NORM.get(in_chans, (None, None))
     if not (args.mean and args.std):
         print(f"normalising with mean {mean} std {std} (defaults); pass the recipe's --mean/--std for a fair baseline")
-    return encoder, {"what": f"{args.encoder} at random init (seed {args.seed})", "size": size, "channels": in_chans,
+    what = f"{args.encoder} from {args.init}" if args.init else f"{args.encoder} at random init (seed {args.seed})"
+    return encoder, {"what": what, "size": size, "channels": in_chans,
                      "mean": mean, "std": std, "seed": args.seed}
 
 
