@@ -213,3 +213,25 @@ def test_a_bare_cuda_device_gets_this_rank_s_index(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert training_device("cuda") == torch.device("cuda", 3)
     assert training_device(None) == (torch.device("cuda", 3) if torch.cuda.is_available() else torch.device("cpu"))
+
+
+def test_a_ctrl_c_during_the_interrupt_message_keeps_the_message_through_any_chain(capsys):
+    """The stop's 'interrupted at step N; checkpoint saved' may meet a further Ctrl-C while the
+    loader's workers shut down, where the KeyboardInterrupt's context is an error of that
+    shutdown, not the stop's message itself (exit 130, 'interrupted', in a CI run)."""
+    from convssl.cli import _convssl_error_in_chain
+    from convssl.errors import ConvsslError
+
+    stop = ConvsslError("interrupted at step 5; checkpoint saved to X")
+    with pytest.raises(KeyboardInterrupt) as info:  # the interrupt replaces the error in flight
+        try:
+            raise stop
+        finally:
+            try:
+                raise OSError("a worker's pipe closed")  # handled inside the shutdown
+            except OSError:
+                raise KeyboardInterrupt  # noqa: B904 - a signal, not a re-raise
+    caught = info.value
+    assert isinstance(caught.__context__, OSError)
+    assert _convssl_error_in_chain(caught) is stop
+    assert _convssl_error_in_chain(KeyboardInterrupt()) is None

@@ -77,15 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         # A Ctrl-C that lands while a ConvsslError is on its way out (typically the
         # "interrupted at step N; checkpoint saved" of a stop that was already under way)
         # must not replace that message: the checkpoint is written, the user needs the hint.
-        if isinstance(interrupt.__context__, ConvsslError):
-            _report(args._name, interrupt.__context__, reported)
+        pending = _convssl_error_in_chain(interrupt)
+        if pending is not None:
+            _report(args._name, pending, reported)
             return 2
         print(f"convssl {args._name}: interrupted", file=sys.stderr)
         return 130
     finally:
-        _kill_leftover_workers()
         if argv is None:  # this process is the command, and all it has left to do is exit
             _ignore_stop_signals()
+        _kill_leftover_workers()
 
 
 def _ignore_stop_signals() -> None:
@@ -98,6 +99,18 @@ def _ignore_stop_signals() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _convssl_error_in_chain(exc: BaseException) -> ConvsslError | None:
+    """The ConvsslError a Ctrl-C interrupted on its way out, if any: directly, or through
+    exceptions raised and handled while it propagated (a worker shutdown's own errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConvsslError):
+            return exc
+        exc = exc.__context__
+    return None
 
 
 def _report(name: str, exc: ConvsslError, reported: list[ConvsslError]) -> None:
