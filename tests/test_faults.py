@@ -61,6 +61,15 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def hold_lock_elsewhere(out: Path) -> subprocess.Popen:
+    """Another process holding ``out``'s run lock (the caller kills it), returned once it holds it."""
+    code = ("import sys, time; from convssl.run_lock import RunLock; "
+            "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def same_state(a: dict, b: dict) -> None:
     assert a["step"] == b["step"] and a["task"].keys() == b["task"].keys()
     for k, v in a["task"].items():
@@ -124,12 +133,8 @@ def test_run_lock_semantics(tmp_path):
         pass
     assert len(notes) == 1 and "took over the stale lock of pid 999999999 on host elsewhere, started then" in notes[0]
 
-    code = ("import sys, time; from convssl.run_lock import RunLock; "
-            "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], env=ENV, stdout=subprocess.PIPE,
-                              text=True)
+    holder = hold_lock_elsewhere(tmp_path / "out")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunInUse, match=f"pid {holder.pid} on host"):
             RunLock(tmp_path / "out", "--out").acquire()
     finally:
@@ -285,12 +290,8 @@ def test_a_frozen_http_server_is_reported_at_its_first_timeout(tmp_path):
 
 
 def test_finetune_out_is_locked_too(tmp_path, capsys):
-    code = ("import sys, time; from convssl.run_lock import RunLock; "
-            "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ft")], env=ENV, stdout=subprocess.PIPE,
-                              text=True)
+    holder = hold_lock_elsewhere(tmp_path / "ft")
     try:
-        assert holder.stdout.readline().strip() == "held"
         argv = ["finetune", "--ckpt", tmp_path / "no-such.pt", "--train", FMNIST / "train", "--val", FMNIST / "test",
                 "--out", tmp_path / "ft", "--max-steps", "1"]
         assert main([str(a) for a in argv]) == 2
