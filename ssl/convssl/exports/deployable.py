@@ -75,11 +75,7 @@ def output_names(encoder: Encoder) -> list[str]:
 def load_deployable(ckpt_path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> tuple[DeployableBackbone, dict]:
     """The checkpoint's backbone, in eval mode on the CPU, and its input description
     (``trust``: user-code encoder specs the caller names, see ``checkpoint.encoder_config``)."""
-    encoder, ckpt = ckpt_io.load_encoder(ckpt_path, trust)
-    bad = ckpt_io.non_finite(ckpt["encoder"])
-    if bad:
-        raise ConvsslError(f"checkpoint {ckpt['path']!r} holds NaN or infinite weights in {len(bad)} tensor(s) "
-                           f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); export an earlier checkpoint")
+    encoder, ckpt = ckpt_io.load_encoder(ckpt_path, trust)  # refuses NaN or infinite weights, naming them
     spec = input_spec(ckpt, encoder)
     return DeployableBackbone(encoder).eval(), {"ckpt": ckpt, "size": spec.size, "channels": spec.channels,
                                                 "mean": list(spec.mean), "std": list(spec.std)}
