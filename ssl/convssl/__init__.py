@@ -17,7 +17,7 @@ torch, and touches no GPU; each function imports what it needs on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from convssl.version import __version__
 __all__ = ["load_recipe", "build_encoder", "pretrain", "probe", "export", "__version__"]
 
 

@@ -28,7 +28,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convssl import __version__
+    from convssl.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="convssl",

@@ -29,7 +29,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-import convssl
 from convssl import dist as cdist
 from convssl.config import to_dict
 from convssl.data.crops import RandomResizedCrop
@@ -55,6 +54,7 @@ from convssl.train.schedule import warmup_cosine
 from convssl.train.interrupt import StopRequest
 from convssl.train.precision import autocast_dtype
 from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
+from convssl.version import __version__
 from convssl.workers import stop_workers
 
 FORMAT = "convssl-finetune/1"
@@ -481,4 +481,4 @@ def _report(cfg, run, plan, final, history, record, seconds, dev) -> dict:
 
 
 def _versions() -> dict:
-    return {"convssl": convssl.__version__, "torch": str(torch.__version__)}
+    return {"convssl": __version__, "torch": str(torch.__version__)}

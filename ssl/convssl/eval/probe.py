@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-import convssl
 from convssl.config import to_dict
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, ConvsslError, DataError
@@ -27,6 +26,7 @@ from convssl.eval.correctness import ENCODING, labels_fingerprint, pack_bits
 from convssl.eval.features import MAX_DIMS, features_of_shards
 from convssl.eval.report import write_report
 from convssl.eval.status_line import StatusLine
+from convssl.version import __version__
 from convssl.writable import ensure_writable_dir
 
 FORMAT = "convssl-probe/1"
@@ -144,7 +144,7 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
         "verdicts": [d["line"] for c in compared for d in c["differences"]],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": str(device),
-        "versions": {"convssl": convssl.__version__, "torch": torch.__version__},
+        "versions": {"convssl": __version__, "torch": torch.__version__},
     }
     write_report(report, out_dir)
     return report

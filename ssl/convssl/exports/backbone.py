@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-import convssl
 from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import to_dict
 from convssl.encoders import Encoder, EncoderConfig, build_bare_model
@@ -26,6 +25,7 @@ from convssl.encoders.sources import build_model, parse_spec
 from convssl.encoders.stem import conv_in_channels
 from convssl.errors import ConvsslError
 from convssl.train import checkpoint as ckpt_io
+from convssl.version import __version__
 from convssl.writable import ensure_writable_dir
 
 SIDECAR_FORMAT = "convssl-export/1"
@@ -108,7 +108,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
         "recipe": ckpt["config"],
         "checkpoint": {"path": ckpt["path"], "step": ckpt.get("step")},
         "init": ckpt.get("init"),  # the starting weights pretraining began from (source, sha256), or None
-        "convssl_version": convssl.__version__,
+        "convssl_version": __version__,
         "versions": ckpt.get("versions"),
     }
     sidecar_path = Path(f"{out_path}.json")

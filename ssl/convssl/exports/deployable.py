@@ -22,13 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import convssl
 from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import to_dict
 from convssl.encoders import Encoder
 from convssl.errors import ConvsslError
 from convssl.eval.input_spec import input_spec
 from convssl.train import checkpoint as ckpt_io
+from convssl.version import __version__
 from convssl.writable import ensure_writable_dir
 
 SIDECAR_FORMAT = "convssl-deploy/1"
@@ -140,7 +140,7 @@ def write_sidecar(out_path: Path, runtime: str, module: DeployableBackbone, info
                     "config": to_dict(encoder.config) if encoder.config else None},
         "recipe": ckpt["config"],
         "checkpoint": {"path": ckpt["path"], "step": ckpt.get("step")},
-        "convssl_version": convssl.__version__,
+        "convssl_version": __version__,
         "torch_version": str(torch.__version__),
         **extra,
     }

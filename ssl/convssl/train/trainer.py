@@ -19,7 +19,6 @@ import torch
 import torch.distributed as tdist
 import yaml
 
-from convssl import __version__
 from convssl import dist as cdist
 from convssl.atomic import NoSpaceError, clean_stale_temps
 from convssl.encoders import build_encoder
@@ -39,6 +38,7 @@ from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import cosine, warmup_cosine
 from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
+from convssl.version import __version__
 from convssl.workers import stop_workers
 
 # Keys a resumed run may change (how long and how often); anything else must match.
