@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from convssl.errors import ConfigError
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.budget import format_seconds, parse_budget
 from convssl.train.trainer import pretrain
 

@@ -16,7 +16,7 @@ import torch
 from convssl.cli import main
 from convssl.encoders import EncoderConfig, build_encoder
 from convssl.errors import ConvsslError
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

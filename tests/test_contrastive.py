@@ -361,7 +361,7 @@ def test_worker_path_skips_device_augmentation():
 def test_moco_resume_through_trainer_is_exact(tmp_path):
     """4 steps in one go == 2 steps, stop, resume, 2 more: queue and key encoder included."""
     from convssl.recipe import load_recipe
-    from convssl.train import checkpoint as ckpt_io
+    from convssl import checkpoint as ckpt_io
     from convssl.train.trainer import pretrain
 
     recipe = load_recipe(ROOT / "recipes/moco_resnet18_small.yaml", [

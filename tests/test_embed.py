@@ -18,7 +18,7 @@ from convssl.data.reader import ShardDataset
 from convssl.data.views import Named
 from convssl.eval.embed import PALETTE, neighbour_agreement
 from convssl.recipe import recipe_from_dict
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

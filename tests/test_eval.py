@@ -241,7 +241,7 @@ def test_probe_cli_random_init_and_checkpoint(stripes, tmp_path, capsys):
     from convssl.config import to_dict
     from convssl.data.config import DataConfig
     from convssl.encoders import EncoderConfig, build_encoder
-    from convssl.train import checkpoint
+    from convssl import checkpoint
 
     train, val = stripes
     common = ["--train", train, "--val", val, "--workers", "0", "--max-dims", "128", "--mean", "0.4", "--std", "0.3"]

@@ -13,7 +13,7 @@ from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig, build_encoder
 from convssl.errors import ConvsslError
 from convssl.exports import ExportError, export_backbone
-from convssl.train import checkpoint
+from convssl import checkpoint
 
 
 def make_checkpoint(path, cfg: EncoderConfig, data: DataConfig):

@@ -23,7 +23,7 @@ import torch
 from convssl.cli import main
 from convssl.errors import ConvsslError
 from convssl.run_lock import LOCK_NAME, RunInUse, RunLock
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from test_reliability import ENV, FMNIST, RECIPES, convssl_cli, one_line_error, tiny_recipe
 
 UNLABELED = FMNIST / "unlabeled"

@@ -20,7 +20,7 @@ from convssl.eval import label_subset
 from convssl.eval.finetune import finetune
 from convssl.eval.finetune_config import FinetuneConfig
 from convssl.eval.layer_decay import layer_decay_groups
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.state import seed_all
 
 ROOT = Path(__file__).resolve().parents[1]

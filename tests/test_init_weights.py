@@ -18,7 +18,7 @@ import yaml
 from convssl.encoders import EncoderConfig, build_bare_model, build_encoder
 from convssl.encoders.init_weights import apply_init
 from convssl.errors import ConfigError, ConvsslError
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_intervals import subset_shards  # noqa: E402

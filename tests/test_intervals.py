@@ -152,7 +152,7 @@ def probed_with_baselines(tmp_path_factory):
     from convssl.config import to_dict
     from convssl.data.config import DataConfig
     from convssl.encoders import EncoderConfig, build_encoder
-    from convssl.train import checkpoint
+    from convssl import checkpoint
 
     tmp = tmp_path_factory.mktemp("baselines")
     cfg = EncoderConfig(spec="torchvision:resnet18", in_chans=1, input_size=32)
@@ -275,7 +275,7 @@ def test_finetune_baseline_over_label_seeds_reports_intervals_gains_and_spread(t
     from convssl.cli import main
     from convssl.config import to_dict
     from convssl.encoders import build_encoder
-    from convssl.train import checkpoint
+    from convssl import checkpoint
 
     torch.manual_seed(5)
     ckpt = checkpoint.save_atomic({"format": checkpoint.FORMAT, "step": 2, "encoder": build_encoder(ENC).backbone_state_dict(),

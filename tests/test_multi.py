@@ -16,7 +16,7 @@ from convssl.encoders import build_encoder
 from convssl.errors import ConfigError
 from convssl.recipe import load_recipe, recipe_from_dict
 from convssl.registry import build_task
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import pytest
 from convssl.config import load_yaml
 from convssl.recipe import load_recipe
 from convssl.registry import TASKS
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

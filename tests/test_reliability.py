@@ -24,7 +24,7 @@ from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.cli import main
 from convssl.errors import ConfigError, ConvsslError, EncoderError
 from convssl.recipe import check_batch, load_recipe, recipe_from_dict
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = ROOT / "data" / "fmnist"

@@ -101,7 +101,7 @@ def _run_all(args, cfg, out: Path, runs, main: bool) -> tuple[int, dict]:
     """Fine-tune each of ``runs`` (``(init, run_dir)``) on one label subset; ``(exit code, reports)``."""
     from convssl.eval.finetune import finetune
     from convssl.eval.finetune_report import write_comparison
-    from convssl.train import checkpoint as ckpt_io
+    from convssl import checkpoint as ckpt_io
 
     reports = {}
     for init, run_dir in runs:

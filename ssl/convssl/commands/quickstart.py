@@ -42,7 +42,7 @@ def run(args) -> int:
     from convssl.eval.probe import probe
     from convssl.eval.status_line import StatusLine
     from convssl.recipe import load_recipe
-    from convssl.train import checkpoint as ckpt_io
+    from convssl import checkpoint as ckpt_io
     from convssl.train.trainer import pretrain
 
     data, out = Path(args.data), Path(args.out)

@@ -66,7 +66,7 @@ def read_init(init: str, spec: str) -> InitWeights:
     """Read the tensors ``init`` names (see the module docstring) and the sha256 of the file."""
     path = locate(init, spec)
     if path.is_dir():
-        from convssl.train import checkpoint as ckpt_io
+        from convssl import checkpoint as ckpt_io
 
         ckpt = ckpt_io.load(path)
         return InitWeights(init, ckpt["path"], _sha256(ckpt["path"]), dict(ckpt["encoder"]))

@@ -8,6 +8,6 @@ for a pair of labeled shard sets, with ``baselines`` probed the same way), ``boo
 correctness stored as bits, for pairing reports later), ``verdict`` (pays / no gain
 measurable / hurts), ``baselines`` (random init, weights:PATH); ``finetune`` (full fine-tuning with a fresh head,
 ``label_subset``, ``layer_decay``, ``finetune_config``, ``finetune_report``), ``embed``
-(a 2-D map of the features), ``input_spec`` (what a checkpoint's encoder is fed).
+(a 2-D map of the features).
 Imported on use.
 """

@@ -44,9 +44,10 @@ from convssl.eval.correctness import ENCODING, labels_fingerprint, pack_bits
 from convssl.eval.features import labeled_batches
 from convssl.eval.finetune_config import RESUMABLE_CHANGES, FinetuneConfig
 from convssl.eval.finetune_report import write_report
-from convssl.eval.input_spec import input_spec
+from convssl.checkpoint.input_spec import input_spec
+from convssl.checkpoint.versions import versions
 from convssl.eval.layer_decay import layer_decay_groups
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.optim import optimizer_for_groups
 from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
@@ -54,7 +55,6 @@ from convssl.train.schedule import warmup_cosine
 from convssl.train.interrupt import StopRequest
 from convssl.train.precision import autocast_dtype
 from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
-from convssl.version import __version__
 from convssl.workers import stop_workers
 
 FORMAT = "convssl-finetune/1"
@@ -206,7 +206,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         doc = {"finetune": to_dict(cfg), "run": {**run, "source": _source_summary(source)},
-               "versions": _versions()}
+               "versions": versions()}
         (run_dir / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     log = RunLog(run_dir) if info.is_main else None
     bar = Progress(plan.total_steps, step, enabled=progress and info.is_main)
@@ -403,7 +403,7 @@ def _save(model, optimizer, scaler, step, cfg, run, history, source, ckpt_dir, i
             "finetune": {"format": FORMAT, "config": to_dict(cfg), "init": run["init"],
                          "source": _source_summary(source), "num_classes": run["num_classes"],
                          "labels": run["labels"], "history": history},
-            "versions": _versions(),
+            "versions": versions(),
         }, path)
         found = sorted(ckpt_dir.glob("step-*.pt"))
         for old in found[: max(0, len(found) - max(1, cfg.keep_checkpoints))]:
@@ -476,9 +476,6 @@ def _report(cfg, run, plan, final, history, record, seconds, dev) -> dict:
         "seconds": round(seconds, 3),
         "device": str(dev),
         "world_size": run["world_size"],
-        "versions": _versions(),
+        "versions": versions(),
     }
 
-
-def _versions() -> dict:
-    return {"convssl": __version__, "torch": str(torch.__version__)}

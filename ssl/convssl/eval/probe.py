@@ -26,7 +26,7 @@ from convssl.eval.correctness import ENCODING, labels_fingerprint, pack_bits
 from convssl.eval.features import MAX_DIMS, features_of_shards
 from convssl.eval.report import write_report
 from convssl.eval.status_line import StatusLine
-from convssl.version import __version__
+from convssl.checkpoint.versions import versions
 from convssl.writable import ensure_writable_dir
 
 FORMAT = "convssl-probe/1"
@@ -144,7 +144,7 @@ def probe(encoder: Encoder, train_spec: str, val_spec: str, *, size: int, channe
         "verdicts": [d["line"] for c in compared for d in c["differences"]],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "device": str(device),
-        "versions": {"convssl": __version__, "torch": torch.__version__},
+        "versions": versions(),
     }
     write_report(report, out_dir)
     return report
@@ -198,9 +198,9 @@ def _evaluate(encoder: Encoder, names: list[str], index: int, started: float, se
 def checkpoint_input(path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> tuple[Encoder, dict]:
     """The pretrained encoder of a checkpoint and the input its recipe trained on:
     ``{"size", "channels", "mean", "std", "checkpoint", "step"}``. ``trust``: user-code
-    encoder specs the caller names (``convssl.train.checkpoint.encoder_config``)."""
+    encoder specs the caller names (``convssl.checkpoint.encoder_config``)."""
     from convssl.data.config import DataConfig
-    from convssl.train.checkpoint import load_encoder
+    from convssl.checkpoint import load_encoder
 
     encoder, ckpt = load_encoder(path, trust)
     data = ckpt["config"].get("data", {})

@@ -24,8 +24,8 @@ from convssl.encoders import Encoder, EncoderConfig, build_bare_model
 from convssl.encoders.sources import build_model, parse_spec
 from convssl.encoders.stem import conv_in_channels
 from convssl.errors import ConvsslError
-from convssl.train import checkpoint as ckpt_io
-from convssl.version import __version__
+from convssl import checkpoint as ckpt_io
+from convssl.checkpoint.versions import versions
 from convssl.writable import ensure_writable_dir
 
 SIDECAR_FORMAT = "convssl-export/1"
@@ -50,7 +50,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
     picks the encoder's source (``state_dict`` for user models). If
     ``out_path`` is a folder, the file is ``backbone.pth`` / ``backbone.safetensors`` in it.
     Raises ``ExportError`` (nothing written) when the weights do not load. ``trust``: the
-    user-code encoder specs the caller names (``convssl.train.checkpoint.encoder_config``).
+    user-code encoder specs the caller names (``convssl.checkpoint.encoder_config``).
     """
     if fmt is not None and fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -85,6 +85,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
         write_atomic(out_path, lambda tmp: torch.save(weights, tmp))
 
     data = ckpt["config"].get("data", {})
+    exported = versions()
     sidecar = {
         "format": SIDECAR_FORMAT,
         "weights": out_path.name,
@@ -108,8 +109,9 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
         "recipe": ckpt["config"],
         "checkpoint": {"path": ckpt["path"], "step": ckpt.get("step")},
         "init": ckpt.get("init"),  # the starting weights pretraining began from (source, sha256), or None
-        "convssl_version": __version__,
-        "versions": ckpt.get("versions"),
+        "convssl_version": exported["convssl"],
+        "exported_with": exported,
+        "versions": ckpt.get("versions"),  # those that wrote the checkpoint
     }
     sidecar_path = Path(f"{out_path}.json")
     write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")

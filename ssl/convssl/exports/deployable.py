@@ -26,9 +26,9 @@ from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import to_dict
 from convssl.encoders import Encoder
 from convssl.errors import ConvsslError
-from convssl.eval.input_spec import input_spec
-from convssl.train import checkpoint as ckpt_io
-from convssl.version import __version__
+from convssl.checkpoint.input_spec import input_spec
+from convssl import checkpoint as ckpt_io
+from convssl.checkpoint.versions import versions
 from convssl.writable import ensure_writable_dir
 
 SIDECAR_FORMAT = "convssl-deploy/1"
@@ -122,6 +122,7 @@ def write_sidecar(out_path: Path, runtime: str, module: DeployableBackbone, info
     names = output_names(encoder)
     stages = [{"name": n, "stage": s.name, "reduction": s.reduction, "shape": ["batch", *shape]}
               for n, s, shape in zip(names, encoder.stages, shapes)]
+    exported = versions()
     sidecar = {
         "format": SIDECAR_FORMAT,
         "file": out_path.name,
@@ -140,8 +141,9 @@ def write_sidecar(out_path: Path, runtime: str, module: DeployableBackbone, info
                     "config": to_dict(encoder.config) if encoder.config else None},
         "recipe": ckpt["config"],
         "checkpoint": {"path": ckpt["path"], "step": ckpt.get("step")},
-        "convssl_version": __version__,
-        "torch_version": str(torch.__version__),
+        "convssl_version": exported["convssl"],
+        "torch_version": exported["torch"],
+        "exported_with": exported,
         **extra,
     }
     sidecar_path = Path(f"{out_path}.json")

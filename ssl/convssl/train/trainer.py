@@ -9,7 +9,6 @@ once, here, from ``optim.lr_per_256``.
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import yaml
 
 from convssl import dist as cdist
 from convssl.atomic import NoSpaceError, clean_stale_temps
+from convssl.checkpoint.versions import versions
 from convssl.encoders import build_encoder
 from convssl.encoders.init_weights import apply_init
 from convssl.errors import ConfigError, ConvsslError
@@ -29,7 +29,7 @@ from convssl.recipe import Recipe, check_batch, recipe_from_dict
 from convssl.registry import build_task
 from convssl.run_lock import RunLock
 from convssl.train import budget as budget_fit
-from convssl.train import checkpoint as ckpt_io
+from convssl import checkpoint as ckpt_io
 from convssl.train.finite import StepGuard, finite_step
 from convssl.train.interrupt import StopRequest
 from convssl.train.precision import autocast_dtype
@@ -38,7 +38,6 @@ from convssl.train.progress import Progress
 from convssl.train.run_log import RunLog
 from convssl.train.schedule import cosine, warmup_cosine
 from convssl.train.state import all_ranks_rng_state, seed_all, set_rng_state
-from convssl.version import __version__
 from convssl.workers import stop_workers
 
 # Keys a resumed run may change (how long and how often); anything else must match.
@@ -400,7 +399,7 @@ def _save(task, optimizer, scaler, step, recipe, ckpt_dir, info, plan) -> Path:
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": rng,
-            "versions": _versions(),
+            "versions": versions(),
         }, path, step)
         _prune(ckpt_dir, recipe.train.keep_checkpoints)
     cdist.barrier()
@@ -598,21 +597,10 @@ def _write_config(run_dir: Path, recipe: Recipe, data: str, info, plan: Plan, in
     doc = recipe.to_dict()
     doc["run"] = {"data": data, "world_size": info.world_size, "global_batch": plan.global_batch,
                   "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
-                  "peak_lr": plan.peak_lr, "num_samples": plan.num_samples, **_versions()}
+                  "peak_lr": plan.peak_lr, "num_samples": plan.num_samples, **versions()}
     if plan.budget:
         doc["run"]["budget"] = plan.budget
     if init:  # the starting weights: source, file read, sha256
         doc["run"]["init"] = init
     (run_dir / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
-
-def _versions() -> dict:
-    import torchvision
-
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        rev = None
-    return {"convssl": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "git": rev}
