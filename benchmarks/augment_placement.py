@@ -2,10 +2,11 @@
 per sample in the loader workers?
 
 Measures images/s of the same recipe both ways:
-- device: ``convssl.augment.color_augment`` on a whole uint8 batch (-> float, augment),
+- device: ``convssl.views.photometric.color_augment`` on a whole uint8 batch (-> float, augment),
   on the training device (here the CPU: with all threads, and with one thread);
-- worker: ``convssl.augment.worker.worker_transform`` (torchvision v2) applied to one
-  uint8 view at a time, in one thread, as one loader worker does.
+- worker: ``convssl.views.photometric.PhotometricView`` (the same operations, drawn from the
+  sample's generator) applied to one uint8 view at a time, in one thread, as one loader
+  worker does.
 Sizes: Fashion-MNIST-like 32 px gray with the small recipe (jitter, no blur), and 224 px
 RGB with SimCLR's ImageNet recipe (strength 1, grayscale, blur p 0.5).
 
@@ -21,9 +22,8 @@ import time
 
 import torch
 
-from convssl.augment.config import ColorAugConfig
-from convssl.augment.photometric import color_augment
-from convssl.augment.worker import worker_transform
+from convssl.views.photometric import PhotometricView, color_augment
+from convssl.views.photometric_config import ColorAugConfig
 
 CASES = {
     "32px gray (fmnist)": dict(size=32, channels=1, batch=512, cfg=ColorAugConfig(
@@ -58,12 +58,12 @@ def device_rate(case: dict, device: torch.device, seconds: float) -> float:
 
 
 def worker_rate(case: dict, seconds: float) -> float:
-    t = worker_transform(case["cfg"], case["channels"], case["size"])
+    t, generator = PhotometricView(case["cfg"]), torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (64, case["channels"], case["size"], case["size"]), dtype=torch.uint8)
 
     def run():
         for img in imgs:
-            t(img)
+            t(img, generator)
     return best_rate(run, len(imgs), seconds)
 
 

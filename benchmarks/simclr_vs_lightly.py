@@ -4,8 +4,8 @@ Both sides train the same convssl encoder architecture (same initial weights) on
 embedded Fashion-MNIST slice: ours is ``convssl.tasks.simclr.SimCLR``; lightly's is its
 ``SimCLRProjectionHead`` + ``NTXentLoss`` on that encoder, with one forward per view as in
 lightly's examples (ours runs both views in one forward). Every step both get the same
-two views (crop + flip by ``convssl.data.crops``, colour jitter by
-``convssl.augment.color_augment``, made once per step outside the timing) and the same
+two views (crop + flip by ``convssl.views.crops``, colour jitter by
+``convssl.views.photometric.color_augment``, made once per step outside the timing) and the same
 SGD settings. Steps alternate between the two so both see the same machine load.
 
     pip install lightly           # the "bench" extra; never needed by convssl itself
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convssl.augment.config import ColorAugConfig
-from convssl.augment.photometric import color_augment
+from convssl.views.photometric_config import ColorAugConfig
+from convssl.views.photometric import color_augment
 from convssl.data.config import DataConfig
-from convssl.data.crops import RandomResizedCrop
+from convssl.views.crops import RandomResizedCrop
 from convssl.encoders import build_encoder
 from convssl.tasks.simclr import SimCLR
 
@@ -80,7 +80,7 @@ class LightlySimCLR(torch.nn.Module):
         self.criterion = NTXentLoss(temperature=temperature)
 
     def forward(self, x0, x1):
-        from convssl.data.normalize import normalize
+        from convssl.views.normalize import normalize
 
         z0 = self.head(self.encoder.pool(normalize(x0, MEAN, STD)))
         z1 = self.head(self.encoder.pool(normalize(x1, MEAN, STD)))

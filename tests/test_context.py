@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from convssl.data.config import DataConfig
-from convssl.data.crops import RandomResizedCrop
-from convssl.data.grid import cut_patches, grid_geometry, patch_boxes
 from convssl.encoders import build_encoder
 from convssl.errors import EncoderError
-from convssl.tasks.context import ContextPatches, ContextPrediction
+from convssl.tasks.context import ContextPrediction
+from convssl.views.context_patches import ContextPatches
+from convssl.views.crops import RandomResizedCrop
+from convssl.views.grid import cut_patches, grid_geometry, patch_boxes
 
 from convssl.data.reader import ShardDataset, collate_samples
 
@@ -50,7 +51,8 @@ def test_a_pair_labelled_k_holds_the_neighbour_at_position_k(size, patch, gap, j
     cfg = ContextPrediction.Config(patch=patch, gap=gap, jitter=jitter, pairs=8, grayscale_p=0.0)
     geometry = grid_geometry(size, patch, gap, jitter)
     img = numbered_cells(size, geometry.margin, geometry.cell)
-    transform = ContextPatches(RandomResizedCrop(size, (1.0, 1.0), (1.0, 1.0), flip=False), geometry, cfg)
+    transform = ContextPatches(RandomResizedCrop(size, (1.0, 1.0), (1.0, 1.0), flip=False), geometry,
+                               pairs=cfg.pairs, grayscale_p=cfg.grayscale_p)
     # label k counts the 8 neighbours in reading order, skipping the centre (Doersch et al. fig. 2)
     expected_cell = {0: (0, 0), 1: (0, 1), 2: (0, 2), 3: (1, 0), 4: (1, 2), 5: (2, 0), 6: (2, 1), 7: (2, 2)}
     seen = set()

@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from convssl.augment import photometric as P
-from convssl.augment.config import ColorAugConfig
-from convssl.augment.worker import worker_transform
 from convssl.data.config import DataConfig
 from convssl.encoders import Encoder, build_encoder
 from convssl.losses.info_nce import info_nce, info_nce_logits
 from convssl.losses.nt_xent import nt_xent
 from convssl.momentum import ema_update, momentum_at
+from convssl.views import photometric as P
+from convssl.views.photometric import PhotometricView
+from convssl.views.photometric_config import ColorAugConfig
 from convssl.registry import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,9 +335,10 @@ def test_single_ops_match_torchvision(channels):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_worker_transform_keeps_uint8_views(channels):
-    t = worker_transform(STRONG, channels, 32)
+    t = PhotometricView(STRONG)
     x = torch.randint(0, 256, (channels, 32, 32), dtype=torch.uint8)
-    outs = [t(x) for _ in range(6)]
+    generator = torch.Generator().manual_seed(0)
+    outs = [t(x, generator) for _ in range(6)]
     assert all(o.shape == x.shape and o.dtype == torch.uint8 for o in outs)
     assert len({o.sum().item() for o in outs}) > 1
 

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from convssl.commands import shards as shards_command
-from convssl.data.crops import RandomResizedCrop, ResizeCenterCrop
+from convssl.views.crops import RandomResizedCrop, ResizeCenterCrop
 from convssl.data.idx import FASHION_MNIST_CLASSES, find_idx_files, read_idx
 from convssl.data.manifest import read_manifest
-from convssl.data.normalize import normalize
+from convssl.views.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
-from convssl.data.views import CropViews, Named
+from convssl.views.crop_views import CropViews, Named
 from convssl.data.sources import open_source
 from convssl.data.urls import resolve_shards
 from convssl.data.writer import write_shards

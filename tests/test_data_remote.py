@@ -24,12 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
-from convssl.data.crops import RandomResizedCrop
+from convssl.views.crops import RandomResizedCrop
 from convssl.data.manifest import Manifest, ShardInfo
 from convssl.data.reader import ShardDataset, ShardReadError, make_loader
 from convssl.data.sources import open_source
 from convssl.data.urls import resolve_shards
-from convssl.data.views import Named
+from convssl.views.crop_views import Named
 from convssl.data.writer import write_shards
 from convssl.errors import DataError
 

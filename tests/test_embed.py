@@ -12,10 +12,10 @@ from PIL import Image
 
 import custom_nets
 from convssl.cli import main
-from convssl.data.crops import ResizeCenterCrop
-from convssl.data.normalize import normalize
+from convssl.views.crops import ResizeCenterCrop
+from convssl.views.normalize import normalize
 from convssl.data.reader import ShardDataset
-from convssl.data.views import Named
+from convssl.views.crop_views import Named
 from convssl.eval.embed import PALETTE, neighbour_agreement
 from convssl.recipe import recipe_from_dict
 from convssl import checkpoint as ckpt_io

@@ -38,8 +38,8 @@ from torch.utils import _pytree as pytree
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from convssl.augment.config import ColorAugConfig
-from convssl.augment.views import prepare_view
+from convssl.views.photometric_config import ColorAugConfig
+from convssl.views.view_augment import prepare_view
 from convssl.data.reader import ShardDataset, collate_samples
 from convssl.encoders import build_encoder
 from convssl.eval.features import extract_features, labeled_batches

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from convssl.data.config import DataConfig
-from convssl.data.crops import RandomResizedCrop
-from convssl.data.grid import grid_geometry
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError, EncoderError
-from convssl.tasks.jigsaw import Jigsaw, JigsawTiles, guaranteed_min_distance, hamming_permutations
+from convssl.tasks.jigsaw import Jigsaw, guaranteed_min_distance, hamming_permutations
+from convssl.views.crops import RandomResizedCrop
+from convssl.views.grid import grid_geometry
+from convssl.views.jigsaw_tiles import JigsawTiles
 
 from test_context import numbered_cells, real_batches
 

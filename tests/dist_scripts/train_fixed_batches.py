@@ -13,9 +13,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # custom_nets
 
 from convssl import dist  # noqa: E402
-from convssl.data.crops import ResizeCenterCrop  # noqa: E402
+from convssl.views.crops import ResizeCenterCrop  # noqa: E402
 from convssl.data.reader import ShardDataset  # noqa: E402
-from convssl.data.views import Named  # noqa: E402
+from convssl.views.crop_views import Named  # noqa: E402
 from convssl.recipe import recipe_from_dict  # noqa: E402
 from convssl.train.trainer import pretrain  # noqa: E402
 

@@ -5,7 +5,7 @@ three ways side by side in one process, on the same JPEG images:
 - the same shards over HTTP, from a server this command starts on 127.0.0.1,
 - torchvision ``ImageFolder`` + PIL on the image files (the usual baseline).
 
-Every way runs the same crop (``convssl.data.crops.RandomResizedCrop``), so the ratios
+Every way runs the same crop (``convssl.views.crops.RandomResizedCrop``), so the ratios
 measure storage, transport and decode. Runs alternate between the ways and the best
 of ``--rounds`` is kept (on a shared machine the slowest runs are the noisiest).
 
@@ -166,14 +166,14 @@ def _images_per_second(loader, epochs: int, set_epoch=None) -> float:
 
 
 def _crop(args):
-    from convssl.data.crops import RandomResizedCrop
+    from convssl.views.crops import RandomResizedCrop
 
     return RandomResizedCrop(args.size)
 
 
 def _shard_rate(spec: str, args: argparse.Namespace, workers: int) -> float:
     from convssl.data.reader import ShardDataset, make_loader
-    from convssl.data.views import Named
+    from convssl.views.crop_views import Named
 
     dataset = ShardDataset(spec, transform=Named(_crop(args)), channels=3, shuffle_buffer=256)
     loader = make_loader(dataset, args.batch, workers)

@@ -217,7 +217,7 @@ class Supervised(nn.Module):
         self.head = nn.Linear(encoder.feature_dim, num_classes)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        from convssl.data.normalize import normalize
+        from convssl.views.normalize import normalize
 
         x_BCHW = normalize(batch["img"][0], self.mean, self.std)
         logits = self.head(F.adaptive_avg_pool2d(self.encoder(x_BCHW)[-1], 1).flatten(1))
@@ -249,7 +249,7 @@ def _batches(model, recipe, device, *, count: int, batch_size: int, supervised: 
 def _sample_transform(model, recipe, supervised: bool):
     """The per-sample worker transform: the task's ``loader_transform()`` (the task
     contract); one random resized crop for the supervised step."""
-    from convssl.data.views import crop_views
+    from convssl.views.crop_views import crop_views
 
     return crop_views(recipe.data) if supervised else model.loader_transform()
 

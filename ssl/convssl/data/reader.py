@@ -190,7 +190,7 @@ class ShardDataset(IterableDataset):
         urls: shard URLs, or a spec for ``resolve_shards`` (folder, manifest, brace
             pattern, remote manifest; ``::`` joins).
         transform: a sample transform ``(img_uint8_CHW, generator) -> dict`` whose entries
-            join the sample (``convssl.data.views``); default ``{"img": img}``.
+            join the sample (``convssl.views.crop_views``); default ``{"img": img}``.
         channels: 1 converts to grayscale ("L"), 3 to "RGB"; None keeps "L" and "RGB"
             images as they are and converts other modes to "RGB".
         labeled: also yield ``"cls"`` (an int); a sample without a valid class is corrupt.
@@ -482,7 +482,7 @@ class ShardDataset(IterableDataset):
         out = self.transform(decoded.img_CHW, generator)
         if not isinstance(out, dict):
             raise TypeError(f"the reader's transform must return a dict such as {{'img': ...}}, not "
-                            f"{type(out).__name__}; wrap it: convssl.data.views.Named(transform)")
+                            f"{type(out).__name__}; wrap it: convssl.views.crop_views.Named(transform)")
         sample = {**out, "key": decoded.raw.key}
         if self.labeled:
             sample["cls"] = decoded.cls
@@ -564,7 +564,7 @@ def _stack(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
     if len(shapes) > 1:
         raise ShardReadError(
             f"cannot batch {name!r}: samples have shapes {sorted(shapes)[:4]}; give the dataset a crop "
-            "transform (e.g. convssl.data.views.crop_views) and channels=1 or 3"
+            "transform (e.g. convssl.views.crop_views.crop_views) and channels=1 or 3"
         )
     return torch.stack(tensors)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from convssl.data.crops import ResizeCenterCrop
+from convssl.views.crops import ResizeCenterCrop
 from convssl.data.reader import ShardDataset, make_loader
-from convssl.data.views import Named
+from convssl.views.crop_views import Named
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, DataError

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from convssl.data.crops import ResizeCenterCrop
-from convssl.data.views import Named
-from convssl.data.normalize import normalize
+from convssl.views.crops import ResizeCenterCrop
+from convssl.views.crop_views import Named
+from convssl.views.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.tar_stream import is_local, iter_shard, local_path
 from convssl.data.urls import resolve_shards

@@ -31,8 +31,8 @@ import yaml
 
 from convssl import dist as cdist
 from convssl.config import to_dict
-from convssl.data.crops import RandomResizedCrop
-from convssl.data.normalize import normalize
+from convssl.views.crops import RandomResizedCrop
+from convssl.views.normalize import normalize
 from convssl.data.reader import ShardDataset, make_loader
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder, build_encoder

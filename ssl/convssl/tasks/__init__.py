@@ -43,7 +43,7 @@ class PretextTask(Protocol):
       itself (SparK's sparse BN, MoCo's shuffle-BN); the trainer then leaves its BNs alone.
     - ``loader_transform()``: the per-sample transform the loader's workers run,
       ``(img_uint8_CHW, torch.Generator) -> dict[str, Tensor | list[Tensor]]``; its entries
-      reach ``forward`` batched (see ``convssl.data.views``: ``crop_views(data, n)`` gives
+      reach ``forward`` batched (see ``convssl.views.crop_views``: ``crop_views(data, n)`` gives
       ``{"img": [view, ...]}``).
     - ``forward(batch) -> dict[str, Tensor]``: ``"loss"`` required; other 0-d tensors are
       logged under their names.

@@ -1,7 +1,7 @@
 """Context prediction: relative patch location (Doersch, Gupta, Efros, ICCV 2015).
 
 The loader's workers cut a random resized crop into a 3x3 grid of jittered patches with
-a gap between them (``convssl.data.grid``) and keep the centre patch plus ``pairs`` of
+a gap between them (``convssl.views.context_patches``) and keep the centre patch plus ``pairs`` of
 its 8 neighbours, each labelled with its position: labels 0..7 are the neighbours in
 reading order, skipping the centre::
 
@@ -18,7 +18,7 @@ cross-entropy. Several pairs per image share one pass of the centre patch.
 Defaults follow mmselfsup's published RelativeLoc setting (255 px crops, 85 px cells,
 64 px patches, jitter up to 21 px, grayscale p 0.66, a 4096-wide neck with dropout
 0.5); Doersch et al.'s gap, colour dropping and down-then-up sampling are switchable
-(``convssl.data.patch_shortcuts``).
+(``convssl.views.patch_shortcuts``).
 
 Legend: B images, K = pairs per image, C channels, P patch side, D feature dims.
 """
@@ -32,36 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from convssl.data.crops import RandomResizedCrop
-from convssl.data.grid import GridGeometry, check_patch_fits, cut_patches, grid_geometry, patch_boxes
-from convssl.data.normalize import normalize
-from convssl.data.patch_shortcuts import down_up_sample, drop_colours, grayscale, normalize_per_patch
 from convssl.errors import ConfigError
 from convssl.losses.classification import cross_entropy_with_accuracy
-
-CENTRE = 4
-NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)  # grid cell of label k, reading order without the centre
-
-
-class ContextPatches:
-    """Worker-side transform: ``{"patches": [1 + K, C, P, P] uint8 (centre first),
-    "label": [K] int64}`` for neighbours drawn without replacement."""
-
-    def __init__(self, crop: RandomResizedCrop, geometry: GridGeometry, cfg: "ContextPrediction.Config"):
-        self.crop, self.geometry, self.cfg = crop, geometry, cfg
-
-    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
-        cfg = self.cfg
-        img = self.crop(img_CHW, generator)
-        if cfg.grayscale_p > 0 and torch.rand((), generator=generator).item() < cfg.grayscale_p:
-            img = grayscale(img)
-        labels_K = torch.randperm(8, generator=generator)[: cfg.pairs]
-        boxes = patch_boxes(self.geometry, generator)
-        cells = [CENTRE] + [NEIGHBOURS[k] for k in labels_K.tolist()]
-        patches = cut_patches(img, self.geometry, [boxes[c] for c in cells])
-        patches = drop_colours(patches, cfg.color_drop_p, generator)
-        patches = down_up_sample(patches, cfg.downsample_p, cfg.downsample_min, generator)
-        return {"patches": patches, "label": labels_K}
+from convssl.views.context_patches import ContextPatches
+from convssl.views.crops import RandomResizedCrop
+from convssl.views.grid import check_patch_fits, grid_geometry
+from convssl.views.normalize import normalize
+from convssl.views.patch_shortcuts import normalize_per_patch
 
 
 class ContextPrediction(nn.Module):
@@ -71,7 +48,7 @@ class ContextPrediction(nn.Module):
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
-        """Patch layout as fractions of the grid cell (``convssl.data.grid``): patch side,
+        """Patch layout as fractions of the grid cell (``convssl.views.grid``): patch side,
         minimum gap between adjacent patches, jitter range. pairs: neighbours per image (8 =
         all, as mmselfsup). grayscale_p (whole image), color_drop_p and downsample_p (per
         patch) are the shortcut countermeasures; patch_norm normalises each patch by its own
@@ -97,7 +74,7 @@ class ContextPrediction(nn.Module):
         self.cfg = cfg
         self.data = data
         self.geometry = grid_geometry(data.size, cfg.patch, cfg.gap, cfg.jitter, what="patch")
-        check_patch_fits(self.geometry, encoder, "patch", cfg.patch)
+        check_patch_fits(self.geometry, encoder.reductions[-1], "patch", cfg.patch)
         self.head = nn.Sequential(
             nn.Linear(2 * encoder.feature_dim, cfg.hidden, bias=False), nn.BatchNorm1d(cfg.hidden),
             nn.ReLU(inplace=True), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 8),
@@ -105,7 +82,10 @@ class ContextPrediction(nn.Module):
 
     def loader_transform(self):
         d = self.data
-        return ContextPatches(RandomResizedCrop(d.size, d.scale, d.ratio, flip=d.flip), self.geometry, self.cfg)
+        c = self.cfg
+        return ContextPatches(RandomResizedCrop(d.size, d.scale, d.ratio, flip=d.flip), self.geometry,
+                              pairs=c.pairs, grayscale_p=c.grayscale_p, color_drop_p=c.color_drop_p,
+                              downsample_p=c.downsample_p, downsample_min=c.downsample_min)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         patches = batch["patches"]

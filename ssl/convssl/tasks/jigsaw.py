@@ -1,7 +1,7 @@
 """Jigsaw puzzles (Noroozi & Favaro, ECCV 2016).
 
 The loader's workers cut a random resized crop into a 3x3 grid of jittered tiles
-(``convssl.data.grid``), draw one permutation r of a fixed set and hand the tiles over
+(``convssl.views.jigsaw_tiles``), draw one permutation r of a fixed set and hand the tiles over
 shuffled: ``tiles[i] = grid_tile[perm_r[i]]`` for slot i; the label is r. The shared
 encoder embeds each tile (the paper's "context-free network": siamese trunks up to
 fc6), the per-tile features are concatenated in slot order, and an MLP (fc7, fc8)
@@ -25,12 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from convssl.data.crops import RandomResizedCrop
-from convssl.data.grid import GridGeometry, check_patch_fits, cut_patches, grid_geometry, patch_boxes
-from convssl.data.normalize import normalize
-from convssl.data.patch_shortcuts import grayscale, normalize_per_patch
 from convssl.errors import ConfigError
 from convssl.losses.classification import cross_entropy_with_accuracy
+from convssl.views.crops import RandomResizedCrop
+from convssl.views.grid import check_patch_fits, grid_geometry
+from convssl.views.jigsaw_tiles import JigsawTiles
+from convssl.views.normalize import normalize
+from convssl.views.patch_shortcuts import normalize_per_patch
 
 
 def hamming_permutations(count: int, items: int = 9, seed: int = 0) -> torch.Tensor:
@@ -95,24 +96,6 @@ def guaranteed_min_distance(count: int, items: int = 9) -> int:
     return d
 
 
-class JigsawTiles:
-    """Worker-side transform: ``{"tiles": [9, C, P, P] uint8 shuffled, "label": r}``."""
-
-    def __init__(self, crop: RandomResizedCrop, geometry: GridGeometry, permutations_NT: torch.Tensor,
-                 grayscale_p: float):
-        self.crop, self.geometry, self.grayscale_p = crop, geometry, grayscale_p
-        self.permutations = permutations_NT.tolist()
-
-    def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
-        img = self.crop(img_CHW, generator)
-        if self.grayscale_p > 0 and torch.rand((), generator=generator).item() < self.grayscale_p:
-            img = grayscale(img)
-        boxes = patch_boxes(self.geometry, generator)
-        label = int(torch.randint(0, len(self.permutations), (1,), generator=generator))
-        tiles = cut_patches(img, self.geometry, [boxes[cell] for cell in self.permutations[label]])
-        return {"tiles": tiles, "label": label}
-
-
 class Jigsaw(nn.Module):
     """Predict which permutation of the set shuffled the 9 tiles."""
 
@@ -120,7 +103,7 @@ class Jigsaw(nn.Module):
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
-        """Tile layout as fractions of the grid cell (``convssl.data.grid``); permutations:
+        """Tile layout as fractions of the grid cell (``convssl.views.grid``); permutations:
         the set's size; seed: draws the set; grayscale_p: whole-image grayscale; tile_norm:
         each tile by its own mean and std (the paper, sec. 3.3); tile_dim: the shared
         per-tile fc6; hidden: fc7."""
@@ -141,7 +124,7 @@ class Jigsaw(nn.Module):
         self.cfg = cfg
         self.data = data
         self.geometry = grid_geometry(data.size, cfg.tile, cfg.gap, cfg.jitter, what="tile")
-        check_patch_fits(self.geometry, encoder, "tile", cfg.tile)
+        check_patch_fits(self.geometry, encoder.reductions[-1], "tile", cfg.tile)
         self.register_buffer("permutations", hamming_permutations(cfg.permutations, 9, cfg.seed))
         self.fc6 = nn.Sequential(nn.Linear(encoder.feature_dim, cfg.tile_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(

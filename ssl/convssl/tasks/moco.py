@@ -38,11 +38,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convssl import dist
-from convssl.augment.config import ColorAugConfig
-from convssl.augment.views import ViewAugment
+from convssl.views.photometric_config import ColorAugConfig
+from convssl.views.view_augment import ViewAugment
 from convssl.batch_shuffle import grouped_forward, shuffled_forward
 from convssl.data.config import DataConfig
-from convssl.data.views import crop_views
+from convssl.views.crop_views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from convssl.data.normalize import normalize
-from convssl.data.views import crop_views
+from convssl.views.normalize import normalize
+from convssl.views.crop_views import crop_views
 from convssl.heads.classifier import classifier_head
 from convssl.losses.classification import cross_entropy_with_accuracy
 

@@ -24,8 +24,8 @@ from einops import rearrange
 
 from convssl import dist
 from convssl.data.config import DataConfig
-from convssl.data.normalize import denormalize, normalize
-from convssl.data.views import crop_views
+from convssl.views.normalize import denormalize, normalize
+from convssl.views.crop_views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError, EncoderError
 from convssl.sparse import SparseEncoder, random_patch_mask, sparse_batch_norm, upsample_mask

@@ -39,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from convssl.data.normalize import normalize
+from convssl.views.normalize import normalize
 from convssl.errors import DataError
 from convssl.eval.features import labeled_batches
 from convssl.eval.bootstrap import accuracy_intervals, paired_differences

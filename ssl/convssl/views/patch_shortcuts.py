@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from convssl.augment.photometric import rgb_to_gray
-from convssl.data.crops import resize
+from convssl.views.photometric import rgb_to_gray
+from convssl.views.crops import resize
 
 STD_FLOOR = 0.02  # on the 0-1 scale: a blank patch stays ~0 instead of amplifying noise
 

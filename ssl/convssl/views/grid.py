@@ -61,13 +61,13 @@ def grid_geometry(size: int, patch: float, gap: float, jitter: float, grid: int 
     return GridGeometry(size, grid, cell, patch_px, gap_px, min(round(jitter * cell), cell - patch_px - gap_px))
 
 
-def check_patch_fits(geometry: GridGeometry, encoder, what: str, fraction: float) -> None:
-    """An ``EncoderError`` naming the encoder's minimum input size when patches are smaller.
+def check_patch_fits(geometry: GridGeometry, minimum: int, what: str, fraction: float) -> None:
+    """An ``EncoderError`` when patches are smaller than the encoder's ``minimum`` input side.
 
-    The minimum is the encoder's total reduction (its last stage must keep >= 1 pixel);
-    the message names the smallest ``data.size`` whose patches would fit.
+    ``minimum`` is the encoder's total reduction (``encoder.reductions[-1]``: its last
+    stage must keep >= 1 pixel); the message names the smallest ``data.size`` whose
+    patches would fit.
     """
-    minimum = encoder.reductions[-1]
     if geometry.patch >= minimum:
         return
     size = geometry.size

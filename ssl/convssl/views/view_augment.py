@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from convssl.augment.config import ColorAugConfig
-from convssl.augment.photometric import color_augment
-from convssl.data.normalize import normalize
+from convssl.views.normalize import normalize
+from convssl.views.photometric import PhotometricView, color_augment
+from convssl.views.photometric_config import ColorAugConfig
 
 
 def prepare_view(img_BCHW: torch.Tensor, augment: ColorAugConfig | None, mean, std) -> torch.Tensor:
@@ -28,17 +28,13 @@ class ViewAugment:
     def __init__(self, augment: ColorAugConfig, augment_on: str, data):
         self.augment, self.augment_on, self.data = augment, augment_on, data
 
-    def worker_transform(self):
+    def worker_transform(self) -> PhotometricView | None:
         """Per-view transform for the loader workers, or None when augmenting on the device.
 
         With ``augment_on: worker`` the loader must apply it to each uint8 view after the
         crop; otherwise the views reach the task with no photometric augmentation at all.
         """
-        if self.augment_on != "worker":
-            return None
-        from convssl.augment.worker import worker_transform
-
-        return worker_transform(self.augment, self.data.channels, self.data.size)
+        return PhotometricView(self.augment) if self.augment_on == "worker" else None
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""

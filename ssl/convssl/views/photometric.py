@@ -1,4 +1,6 @@
-"""Batched photometric augmentation on the training device, per-sample parameters.
+"""Photometric augmentation with per-sample parameters: batched on the training device
+(``color_augment``), or one view at a time in the loader's workers (``PhotometricView``,
+the same operations drawn from the sample's generator).
 
 Each sample draws its own apply/skip decisions and factors (as torchvision's per-sample
 transforms would); the four jitter operations run in one random order per BATCH (torchvision
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convssl.augment.config import ColorAugConfig, blur_kernel_size
+from convssl.views.photometric_config import ColorAugConfig, blur_kernel_size
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as torchvision
 
@@ -75,6 +77,20 @@ def color_augment(x_BCHW: torch.Tensor, cfg: ColorAugConfig,
         sol_B = draw(B) < cfg.solarize_p
         x = torch.where(sol_B.view(-1, 1, 1, 1) & (x >= cfg.solarize_threshold), 1.0 - x, x)
     return x
+
+
+class PhotometricView:
+    """``cfg`` applied to one uint8 ``[C, H, W]`` view in a loader worker: ``color_augment``
+    on a batch of one, every draw from the sample's ``generator`` (no global RNG), so a
+    resumed run cuts the same views. Returns uint8, same shape."""
+
+    def __init__(self, cfg: ColorAugConfig):
+        self.cfg = cfg
+
+    def __call__(self, view_CHW: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x_1CHW = view_CHW.unsqueeze(0).float() / 255.0
+        out_1CHW = color_augment(x_1CHW, self.cfg, generator)
+        return (out_1CHW[0] * 255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 # ---- single operations, per-sample factors ----------------------------------------------

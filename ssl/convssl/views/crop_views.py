@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from convssl.data.crops import RandomResizedCrop
+from convssl.views.crops import RandomResizedCrop
 
 SampleTransform = Callable[[torch.Tensor, torch.Generator], dict]
 
@@ -24,9 +24,10 @@ class CropViews:
     """``views`` random resized crops (and flips) of one image, each then ``augment``-ed.
 
     Returns ``{"img": [view_CHW, ...]}`` (a list even for one view). ``augment`` is an
-    optional per-view uint8 transform (e.g. torchvision v2) that may draw from torch's
-    global RNG: it is seeded from the sample's own generator first, so each sample's
-    augmentation is fixed by (seed, epoch, position) and a resumed run reproduces it.
+    optional per-view transform ``(view_uint8_CHW, generator) -> view_uint8_CHW`` (e.g.
+    ``convssl.views.photometric.PhotometricView``) that draws from the sample's own
+    generator, so each sample's augmentation is fixed by (seed, epoch, position) and a
+    resumed run reproduces it; torch's global RNG is never touched.
     """
 
     def __init__(self, crop: RandomResizedCrop, views: int = 1, augment: Callable | None = None):
@@ -37,8 +38,7 @@ class CropViews:
     def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
         crops = [self.crop(img_CHW, generator) for _ in range(self.views)]
         if self.augment is not None:
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-            crops = [self.augment(c) for c in crops]
+            crops = [self.augment(c, generator) for c in crops]
         return {"img": crops}
 
 

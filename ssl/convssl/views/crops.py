@@ -27,7 +27,7 @@ _ATTEMPTS = 10  # as torchvision: after 10 rejected boxes, fall back to a centra
 
 
 class RandomResizedCrop:
-    """One random resized crop (and flip) of an image; ``convssl.data.views.CropViews``
+    """One random resized crop (and flip) of an image; ``convssl.views.crop_views.CropViews``
     takes several (the two views of contrastive methods).
 
     Args:
