@@ -24,7 +24,7 @@ from convssl.momentum import ema_update, momentum_at
 from convssl.views import photometric as P
 from convssl.views.photometric import PhotometricView
 from convssl.views.photometric_config import ColorAugConfig
-from convssl.registry import build_task
+from convssl.tasks.registry import TaskSpec, build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST_SCRIPT = ROOT / "tests" / "dist_scripts" / "contrastive_ddp.py"
@@ -151,8 +151,9 @@ def _moco(queue_size=5, out_dim=2, **kw):
     torch.manual_seed(0)
     enc = Encoder(_load_dist_script().tiny_convnet("bn"), input_size=16, in_chans=1)
     data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,))
-    return build_task({"name": "moco", "queue_size": queue_size, "proj_hidden_dim": 16,
-                       "proj_out_dim": out_dim, **kw}, enc, data)
+    spec = TaskSpec.from_section({"name": "moco", "queue_size": queue_size, "proj_hidden_dim": 16,
+                                  "proj_out_dim": out_dim, **kw})
+    return build_task(spec, enc, data)
 
 
 def test_queue_enqueue_overwrites_oldest_and_wraps():
@@ -234,7 +235,7 @@ def _check_task_on(spec: str, name: str):
     mean, std = (0.5,) * c, (0.25,) * c
     data = DataConfig(size=size, channels=c, mean=mean, std=std)
     extra = {"queue_size": 32, "bn_groups": 2} if name == "moco" else {}
-    task = build_task({"name": name, "proj_hidden_dim": 64, "proj_out_dim": 16, **extra}, enc, data)
+    task = build_task(TaskSpec.from_section({"name": name, "proj_hidden_dim": 64, "proj_out_dim": 16, **extra}), enc, data)
     views = [torch.randint(0, 256, (8, c, size, size), dtype=torch.uint8) for _ in range(2)]
     out = task({"img": views})
     assert torch.isfinite(out["loss"])
@@ -269,11 +270,11 @@ def test_recipes_build():
         if not path.name.startswith(("simclr", "moco")):
             continue
         recipe = load_recipe(path)  # every section typed and checked, the task's included
-        assert recipe.task["name"] in ("simclr", "moco")
+        assert recipe.task.name in ("simclr", "moco")
         if "imagenet" in path.name:
             continue  # resnet50 at 224 px: building is slow, the schema check above suffices
-        section = recipe.task | ({"bn_groups": 2} if "bn_groups" in recipe.task else {})  # batch of 4
-        task = build_task(section, build_encoder(recipe.encoder), recipe.data)
+        section = recipe.task.to_section() | ({"bn_groups": 2} if "bn_groups" in recipe.task.section else {})  # batch of 4
+        task = build_task(TaskSpec.from_section(section), build_encoder(recipe.encoder), recipe.data)
         d = recipe.data
         views = [torch.randint(0, 256, (4, d.channels, d.size, d.size), dtype=torch.uint8) for _ in range(2)]
         assert torch.isfinite(task({"img": views})["loss"])
@@ -346,11 +347,11 @@ def test_worker_transform_keeps_uint8_views(channels):
 def test_worker_path_skips_device_augmentation():
     data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,))
     enc = Encoder(_load_dist_script().tiny_convnet("gn"), input_size=16, in_chans=1)
-    task = build_task({"name": "simclr", "augment_on": "worker"}, enc, data)
+    task = build_task(TaskSpec.from_section({"name": "simclr", "augment_on": "worker"}), enc, data)
     img = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
     assert torch.equal(task.prepare(img), (img.float() / 255 - 0.5) / 0.25)
     assert task.loader_transform().augment is not None
-    assert build_task({"name": "simclr"}, enc, data).loader_transform().augment is None
+    assert build_task(TaskSpec.from_section({"name": "simclr"}), enc, data).loader_transform().augment is None
     # worker path: each of the two views is cropped, then photometrically augmented, as uint8
     views = task.loader_transform()(torch.randint(0, 256, (1, 24, 24), dtype=torch.uint8),
                                     torch.Generator().manual_seed(0))["img"]

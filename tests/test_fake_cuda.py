@@ -44,7 +44,7 @@ from convssl.data.reader import ShardDataset, collate_samples
 from convssl.encoders import build_encoder
 from convssl.eval.features import extract_features, labeled_batches
 from convssl.recipe import recipe_from_dict
-from convssl.registry import TASKS, build_task
+from convssl.tasks.registry import TASKS, build_task
 from convssl.sparse.backends import windowed_layers
 from convssl.train.finite import StepGuard, finite_step
 from convssl.train.monitor import Monitor
@@ -342,14 +342,14 @@ def test_a_training_step_on_fake_cuda(stem, backend, monkeypatch):
             # the loader's CPU tensors as fake CPU ones: under inference mode a real tensor's
             # ``.to("cuda")`` escapes the fake mode and asks for a driver
             batches = ((mode.from_tensor(img, static_shapes=True), cls) for img, cls in itertools.islice(batches, 2))
-            grid = 3 if _task_names(recipe.task) & PATCH_TASKS else 1  # their probe protocol: features.py
+            grid = 3 if _task_names(recipe.task.to_section()) & PATCH_TASKS else 1  # their probe protocol: features.py
             with HostReadsAnswer(answer=True) as reads:
                 probe = extract_features(encoder, batches, mean=recipe.data.mean, std=recipe.data.std,
                                          patch_grid=grid)
         assert reads.reads <= len(encoder.stages) * 2, "host reads beyond features._compact's"
         assert [f.feats_ND.shape[0] for f in probe.stages] == [2 * BATCH] * len(encoder.stages)
         assert all(_on_cuda(p) for p in encoder.parameters())
-    if "moco" in _task_names(recipe.task) and task.cfg.shuffle_bn:
+    if "moco" in _task_names(recipe.task.to_section()) and task.cfg.shuffle_bn:
         assert "cuda" in generators, "MoCo's key shuffle drew its permutation off the device"
 
 

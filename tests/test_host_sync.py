@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from convssl.data.reader import ShardDataset, collate_samples
 from convssl.recipe import recipe_from_dict
-from convssl.registry import TASKS, build_task
+from convssl.tasks.registry import TASKS, build_task
 from convssl.encoders import build_encoder
 from convssl.train.trainer import pretrain
 

@@ -13,7 +13,7 @@ import torch
 from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig, build_encoder
 from convssl.recipe import recipe_from_dict
-from convssl.registry import build_task
+from convssl.tasks.registry import build_task
 from convssl import checkpoint as ckpt_io
 from convssl.train.monitor import Monitor, effective_rank, normalized_std
 from convssl.train.trainer import pretrain

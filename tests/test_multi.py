@@ -15,7 +15,7 @@ import torch
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError
 from convssl.recipe import load_recipe, recipe_from_dict
-from convssl.registry import build_task
+from convssl.tasks.registry import TaskSpec, build_task
 from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
 
@@ -60,7 +60,7 @@ def test_loss_and_gradients_are_the_weighted_sum_of_each_task_alone(weighting):
     losses, grads = {}, {}
     for section, sub in ((SPARK, {"img": [img], "mask": mask}), (ROTATION, {"img": [img.flip(-1)]})):
         name = section["name"]
-        alone = build_task(section, build_encoder(r.encoder), r.data).train()
+        alone = build_task(TaskSpec.from_section(section), build_encoder(r.encoder), r.data).train()
         alone.load_state_dict(multi.tasks[name].state_dict())
         loss = alone(sub)["loss"]
         loss.backward()
@@ -109,7 +109,7 @@ def test_nested_sections_are_validated_before_anything_runs(override, message):
 
 def test_bundled_multi_recipes_load():
     for name in ("multi_spark_rotation_small.yaml", "multi_simclr_rotation_small.yaml"):
-        assert load_recipe(ROOT / "recipes" / name).task["name"] == "multi"
+        assert load_recipe(ROOT / "recipes" / name).task.name == "multi"
 
 
 def final_task_weights(run: Path) -> dict:

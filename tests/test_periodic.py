@@ -18,7 +18,7 @@ import pytest
 
 from convssl.config import load_yaml
 from convssl.recipe import load_recipe
-from convssl.registry import TASKS
+from convssl.tasks.registry import TASKS
 from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
 

@@ -19,7 +19,7 @@ from PIL import Image
 from convssl.data.config import DataConfig
 from convssl.encoders import Encoder, build_bare_model, build_encoder
 from convssl.errors import ConfigError, EncoderError
-from convssl.registry import build_task
+from convssl.tasks.registry import TaskSpec, build_task
 from convssl.sparse import random_patch_mask, upsample_mask
 from convssl.sparse.layers import SparseLayer
 from convssl.tasks.spark import SparK, masked_patch_loss
@@ -219,10 +219,10 @@ def test_config_and_size_errors():
 
 def test_registry_builds_spark_from_a_recipe_section():
     enc = build_encoder("torchvision:resnet18", small_input=True, input_size=32, in_chans=1)
-    task = build_task({"name": "spark", "mask_ratio": 0.75, "decoder_width": 64}, enc, FMNIST)
+    task = build_task(TaskSpec.from_section({"name": "spark", "mask_ratio": 0.75, "decoder_width": 64}), enc, FMNIST)
     assert isinstance(task, SparK) and task.cfg.mask_ratio == 0.75
     with pytest.raises(ConfigError, match="decoder_widht"):
-        build_task({"name": "spark", "decoder_widht": 64}, enc, FMNIST)
+        build_task(TaskSpec.from_section({"name": "spark", "decoder_widht": 64}), enc, FMNIST)
 
 
 def test_recipes_load():
@@ -231,4 +231,4 @@ def test_recipes_load():
     root = Path(__file__).resolve().parents[1] / "recipes"
     for name in ("spark_resnet50_imagenet.yaml", "spark_resnet18_small.yaml"):
         recipe = load_recipe(root / name)
-        assert recipe.task["name"] == "spark"
+        assert recipe.task.name == "spark"

@@ -20,7 +20,7 @@ from convssl.data.reader import ShardDataset, collate_samples
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError
 from convssl.recipe import recipe_from_dict
-from convssl.registry import TASKS, build_task, task_class
+from convssl.tasks.registry import TASKS, TaskSpec, build_task, task_class
 from convssl.tasks import CONTRACT, PretextTask, check_task
 from convssl.train.trainer import pretrain
 
@@ -130,8 +130,8 @@ def test_rotation_and_spark_share_one_encoder():
     losses' gradients land in the same parameters."""
     r = recipe("spark", "resnet18_small")
     enc = build_encoder(r.encoder)
-    spark = build_task({"name": "spark", "decoder_width": 32}, enc, r.data)
-    rotation = build_task({"name": "rotation", "hidden": 64}, enc, r.data)
+    spark = build_task(TaskSpec.from_section({"name": "spark", "decoder_width": 32}), enc, r.data)
+    rotation = build_task(TaskSpec.from_section({"name": "rotation", "hidden": 64}), enc, r.data)
     assert spark.encoder is rotation.encoder is enc
     ref = copy.deepcopy(enc)
     img = [torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)]

@@ -79,7 +79,7 @@ def recipe_weights_at_init() -> dict:
     from train_fixed_batches import recipe  # noqa: E402
 
     from convssl.encoders import build_encoder
-    from convssl.registry import build_task
+    from convssl.tasks.registry import build_task
     from convssl.train.state import seed_all
 
     r = recipe(1, 16)

@@ -41,7 +41,7 @@ def from_dict(cls, data, path: str = ""):
             f"valid keys{' under ' + path if path else ''}: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
-    values = {k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
+    values = {k: coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -52,8 +52,11 @@ def from_dict(cls, data, path: str = ""):
 
 
 def to_dict(obj) -> dict:
-    """Plain, YAML-safe dict of a (nested) dataclass; tuples become lists."""
+    """Plain, YAML-safe dict of a (nested) dataclass; tuples become lists; an object with a
+    ``to_section()`` method (a task spec) writes its section itself."""
     def plain(v):
+        if hasattr(v, "to_section"):
+            return v.to_section()
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
@@ -96,17 +99,23 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _coerce(tp, value, path: str):
+def coerce(tp, value, path: str):
+    """``value`` read as type ``tp`` (the field's annotation) at key path ``path``, or a
+    one-line ``ConfigError``: numbers from number strings, lists to tuples, dataclasses
+    from mappings (``from_dict``), and a type with a ``from_section(value, path)``
+    classmethod (a task spec) reads its section itself."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is typing.Any:
         return value
+    if isinstance(tp, type) and hasattr(tp, "from_section"):
+        return tp.from_section(value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, path)
+                return coerce(arg, value, path)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{path}: {value!r} matches none of {_name(tp)}")
@@ -122,9 +131,9 @@ def _coerce(tp, value, path: str):
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else typing.Any
-        items = [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):

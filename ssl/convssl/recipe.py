@@ -1,7 +1,8 @@
 """A recipe: the five typed sections of an experiment, loaded from YAML + overrides.
 
 Every key is checked before anything runs: unknown keys and wrong types in any section
-(the task's own section included) fail with the key path and the valid keys.
+(the task's own section included) fail with the key path and the valid keys. The task
+section is parsed once, into a ``TaskSpec`` (its name, class and typed Config).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from convssl.config import apply_overrides, did_you_mean, from_dict, load_yaml, 
 from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig
 from convssl.errors import ConfigError
-from convssl.registry import task_class
+from convssl.tasks.registry import TaskSpec
 from convssl.train.config import OptimConfig, TrainConfig
 
 SECTIONS = ("encoder", "data", "task", "optim", "train")
@@ -24,7 +25,7 @@ SECTIONS = ("encoder", "data", "task", "optim", "train")
 class Recipe:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    task: dict = field(default_factory=dict)
+    task: TaskSpec
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -38,6 +39,7 @@ def recipe_from_dict(raw: dict) -> Recipe:
     data = dict(raw.get("data") or {})
     encoder.setdefault("input_size", data.get("size", DataConfig().size))
     raw["encoder"] = encoder
+    raw["task"] = raw.get("task") or {}  # no section: TaskSpec names what is missing
     recipe = from_dict(Recipe, raw)
     if recipe.encoder.input_size != recipe.data.size:
         raise ConfigError(
@@ -49,17 +51,8 @@ def recipe_from_dict(raw: dict) -> Recipe:
             f"encoder.in_chans ({recipe.encoder.in_chans}) differs from data.channels "
             f"({recipe.data.channels}); make them equal"
         )
-    check_task_section(recipe.task)
     check_batch(recipe, world_size=1)
     return recipe
-
-
-def check_task_section(section: dict) -> None:
-    section = dict(section or {})
-    name = section.pop("name", None)
-    if name is None:
-        raise ConfigError("task.name is missing (e.g. task: {name: rotation})")
-    from_dict(task_class(name).Config, section, path="task")
 
 
 def check_batch(recipe: Recipe, world_size: int) -> None:
@@ -69,11 +62,9 @@ def check_batch(recipe: Recipe, world_size: int) -> None:
     if g < world_size:
         raise ConfigError(f"data.batch_size {g} is the global batch, smaller than the {world_size} processes: "
                           f"each needs at least one sample; use a multiple of {world_size}")
-    section = dict(recipe.task)
-    cls = task_class(section.pop("name"))
-    check = getattr(cls, "check_batch", None)  # optional: tasks with batch-size needs
+    check = getattr(recipe.task.cls, "check_batch", None)  # optional: tasks with batch-size needs
     if check is not None:
-        check(from_dict(cls.Config, section, path="task"), g, world_size)
+        check(recipe.task.config, g, world_size)
 
 
 def load_recipe(path: str | Path, overrides: Mapping | list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -35,7 +35,7 @@ def tiny_convnet(norm: str) -> nn.Sequential:
 def make_task(name: str, bn_groups: int = 1):
     from convssl.data.config import DataConfig
     from convssl.encoders import Encoder
-    from convssl.registry import build_task
+    from convssl.tasks.registry import TaskSpec, build_task
 
     torch.manual_seed(0)
     encoder = Encoder(tiny_convnet("gn" if name == "simclr" else "bn"), input_size=SIZE, in_chans=1)
@@ -46,7 +46,7 @@ def make_task(name: str, bn_groups: int = 1):
         section |= {"temperature": 0.5, "proj_batch_norm": False}  # no per-rank BN anywhere
     else:
         section |= {"queue_size": 20, "momentum": 0.9, "temperature": 0.2, "bn_groups": bn_groups}
-    return build_task(section, encoder, data)
+    return build_task(TaskSpec.from_section(section), encoder, data)
 
 
 def global_batches(steps: int = 2) -> list[list[torch.Tensor]]:

@@ -81,7 +81,7 @@ def run(args) -> int:
             if not args.no_ceiling:
                 matched = matched_batch(recipe, device, ours.flops)
                 ceiling = measure(recipe, v, device, steps=args.steps, warmup=args.warmup, supervised=matched)
-            rows.append(Row(Path(path).stem, recipe.task.get("name", "?"), v, ours, ceiling, peaks[precision]))
+            rows.append(Row(Path(path).stem, recipe.task.name, v, ours, ceiling, peaks[precision]))
             print(rows[-1].progress_line(), flush=True)
     table = format_table(rows, device)
     print(table)
@@ -157,7 +157,7 @@ def measure(recipe, variant: Variant, device: torch.device, *, steps: int, warmu
     """Time ``steps`` training steps of the recipe's task, or with ``supervised`` > 0 of
     the supervised ceiling at that batch size."""
     from convssl.encoders import build_encoder
-    from convssl.registry import build_task
+    from convssl.tasks.registry import build_task
     from convssl.train.optim import build_optimizer
 
     torch.manual_seed(recipe.train.seed)

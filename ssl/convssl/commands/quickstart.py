@@ -54,7 +54,7 @@ def run(args) -> int:
         resolve_shards(spec)
     resume = ckpt_io.latest(out / "checkpoints") is not None
     t0 = time.perf_counter()
-    print(f"[1/2] pretraining {recipe.task['name']} on {data / 'unlabeled'} -> {out}"
+    print(f"[1/2] pretraining {recipe.task.name} on {data / 'unlabeled'} -> {out}"
           + (" (resuming)" if resume else ""))
     summary = pretrain(recipe, str(data / "unlabeled"), out, resume=resume, device=args.device)
     t_train = time.perf_counter() - t0
@@ -92,7 +92,7 @@ def summary_text(report: dict, recipe, summary: dict, t_train: float, t_total: f
     best = max(range(len(report["stages"])), key=lambda s: report["stages"][s]["linear_top1"])
     d = recipe.data
     return "\n".join([
-        f"# convssl quickstart: {recipe.task['name']} on {recipe.encoder.spec}",
+        f"# convssl quickstart: {recipe.task.name} on {recipe.encoder.spec}",
         f"pretraining: {summary['steps']} steps x {d.batch_size} images, {t_train:.0f} s, "
         f"{summary['img_per_s']:.1f} img/s; total {t_total:.0f} s; probed on {n} held-out images, "
         f"95% intervals from {report['bootstrap']['resamples']} bootstrap resamples of them",

@@ -1,21 +1,13 @@
-"""Pretext tasks: one file, one ``nn.Module`` each, registered in ``convssl.registry``.
+"""Pretext tasks: one file, one ``nn.Module`` each, named in ``convssl.tasks.registry``
+(or from outside the package: ``task.name: package.module:Class``, or an entry point of
+the ``convssl.tasks`` group).
 
 ``PretextTask`` below is the whole contract between a task and the trainer: the trainer
 calls exactly these members and nothing else, and ``check_task`` (run by
-``registry.build_task``) names whatever a task lacks. There is no base class; a task that
-needs nothing special writes each hook as a one-liner, e.g.::
-
-    def loader_transform(self):
-        return crop_views(self.data)          # one random resized crop: batch["img"][0]
-
-    def after_step(self, step, total_steps):
-        pass
-
-    def pictures(self, batch):
-        return None
-
-    def export_encoder(self):
-        return self.encoder
+``registry.task_class`` on every task, built in or not) names whatever a task lacks.
+``convssl.tasks.base.TaskBase`` writes the optional members once (no BatchNorm handling,
+nothing after a step, no pictures, ``self.encoder`` exported); a task subclasses it and
+writes ``Config``, ``__init__``, ``loader_transform`` and ``forward``.
 
 Tasks never touch the optimizer, the data loader or the file system.
 """
@@ -24,7 +16,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import dataclasses
+
 import torch
+import torch.nn as nn
 
 from convssl.errors import ConfigError
 
@@ -71,11 +66,16 @@ CONTRACT = ("Config", "manages_batchnorm_sync", "loader_transform", "forward", "
             "pictures", "export_encoder")
 
 
-def check_task(cls: type, name: str) -> None:
-    """Raise a ``ConfigError`` naming every member of the contract task class ``cls`` lacks."""
+def check_task(cls, name: str) -> None:
+    """Raise a ``ConfigError`` unless ``cls`` is an ``nn.Module`` class with every member of
+    the contract and a dataclass ``Config``; the message names what is wrong."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"task {name!r} is {cls!r}, not an nn.Module class; the task contract "
+                          f"(convssl.tasks.PretextTask) asks for a class, e.g. a subclass of convssl.tasks.base.TaskBase")
+    where = f"task {name!r} ({cls.__module__}.{cls.__qualname__}) does not follow the task contract " \
+            "(convssl.tasks.PretextTask)"
     missing = [member for member in CONTRACT if not hasattr(cls, member)]
     if missing:
-        raise ConfigError(
-            f"task {name!r} ({cls.__module__}.{cls.__qualname__}) does not follow the task contract "
-            f"(convssl.tasks.PretextTask): missing {', '.join(missing)}"
-        )
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    if not (isinstance(cls.Config, type) and dataclasses.is_dataclass(cls.Config)):
+        raise ConfigError(f"{where}: its Config is {cls.Config!r}, not a dataclass of the task's keys")

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from convssl.errors import ConfigError
 from convssl.losses.classification import cross_entropy_with_accuracy
+from convssl.tasks.base import TaskBase
 from convssl.views.context_patches import ContextPatches
 from convssl.views.crops import RandomResizedCrop
 from convssl.views.grid import check_patch_fits, grid_geometry
@@ -41,10 +41,8 @@ from convssl.views.normalize import normalize
 from convssl.views.patch_shortcuts import normalize_per_patch
 
 
-class ContextPrediction(nn.Module):
+class ContextPrediction(TaskBase):
     """Predict which of the 8 neighbours of the centre patch a second patch is."""
-
-    manages_batchnorm_sync = False
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -66,7 +64,7 @@ class ContextPrediction(nn.Module):
         hidden: int = 4096
         dropout: float = 0.5
 
-    def __init__(self, encoder, cfg: "ContextPrediction.Config", data):
+    def __init__(self, encoder, cfg: ContextPrediction.Config, data):
         super().__init__()
         if not 1 <= cfg.pairs <= 8:
             raise ConfigError(f"task.pairs must be 1..8 (neighbours of the centre patch), not {cfg.pairs}")
@@ -92,18 +90,9 @@ class ContextPrediction(nn.Module):
         B, n = patches.shape[:2]
         x_NCPP = rearrange(patches, "b n c h w -> (b n) c h w")
         x_NCPP = normalize_per_patch(x_NCPP) if self.cfg.patch_norm else normalize(x_NCPP, self.data.mean, self.data.std)
-        z_BnD = rearrange(F.adaptive_avg_pool2d(self.encoder(x_NCPP)[-1], 1).flatten(1), "(b n) d -> b n d", b=B)
+        z_BnD = rearrange(self.encoder.pool(x_NCPP), "(b n) d -> b n d", b=B)
         centre_BKD = repeat(z_BnD[:, 0], "b d -> b k d", k=n - 1)
         pairs_MD = rearrange(torch.cat([centre_BKD, z_BnD[:, 1:]], dim=-1), "b k d -> (b k) d")
         y_M = batch["label"].reshape(-1).to(pairs_MD.device)
         logits = self.head(pairs_MD)
         return cross_entropy_with_accuracy(logits, y_M)
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        pass
-
-    def pictures(self, batch: dict) -> None:
-        return None
-
-    def export_encoder(self):
-        return self.encoder

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 
 from convssl.errors import ConfigError
 from convssl.losses.classification import cross_entropy_with_accuracy
+from convssl.tasks.base import TaskBase
 from convssl.views.crops import RandomResizedCrop
 from convssl.views.grid import check_patch_fits, grid_geometry
 from convssl.views.jigsaw_tiles import JigsawTiles
@@ -96,10 +96,8 @@ def guaranteed_min_distance(count: int, items: int = 9) -> int:
     return d
 
 
-class Jigsaw(nn.Module):
+class Jigsaw(TaskBase):
     """Predict which permutation of the set shuffled the 9 tiles."""
-
-    manages_batchnorm_sync = False
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -118,7 +116,7 @@ class Jigsaw(nn.Module):
         tile_dim: int = 512
         hidden: int = 4096
 
-    def __init__(self, encoder, cfg: "Jigsaw.Config", data):
+    def __init__(self, encoder, cfg: Jigsaw.Config, data):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
@@ -142,16 +140,7 @@ class Jigsaw(nn.Module):
         B = tiles.shape[0]
         x_NCPP = rearrange(tiles, "b t c h w -> (b t) c h w")
         x_NCPP = normalize_per_patch(x_NCPP) if self.cfg.tile_norm else normalize(x_NCPP, self.data.mean, self.data.std)
-        z_ND = self.fc6(F.adaptive_avg_pool2d(self.encoder(x_NCPP)[-1], 1).flatten(1))
+        z_ND = self.fc6(self.encoder.pool(x_NCPP))
         logits = self.head(rearrange(z_ND, "(b t) d -> b (t d)", b=B))
         y_B = batch["label"].to(logits.device)
         return cross_entropy_with_accuracy(logits, y_B)
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        pass
-
-    def pictures(self, batch: dict) -> None:
-        return None
-
-    def export_encoder(self):
-        return self.encoder

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from convssl import dist
@@ -48,62 +47,61 @@ from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
 from convssl.losses.info_nce import info_nce_logits
 from convssl.momentum import ema_update, momentum_at, momentum_copy
+from convssl.tasks.base import TaskBase
 
 
-@dataclass(frozen=True, kw_only=True)
-class MoCoConfig:
-    """MoCo v2 hyper-parameters (the recipe's ``task:`` section); defaults from the v2 paper.
-
-    queue_size: K negatives (65536 on ImageNet; 4096 in the CIFAR demo).
-    momentum: key encoder EMA m (0.999; the CIFAR demo uses 0.99).
-    momentum_schedule: ``constant`` (MoCo) or ``cosine`` (m -> 1 over training).
-    temperature: InfoNCE tau (0.2 for v2; 0.1 in the CIFAR demo).
-    proj_hidden_dim, proj_out_dim, proj_layers, proj_batch_norm: v2's head is
-        2048-2048-128, 2 layers, no BN.
-    bn_groups: BN groups per rank (see the module notes); 1 with 8+ GPUs as in the paper.
-    shuffle_bn: shuffle the keys across ranks/groups before the key encoder.
-    shuffle_seed: base seed of the shared shuffle permutation.
-    augment_on, augment: as in SimCLR; defaults are MoCo v2's recipe with blur for 224 px.
-    """
-
-    queue_size: int = 65536
-    momentum: float = 0.999
-    momentum_schedule: Literal["constant", "cosine"] = "constant"
-    temperature: float = 0.2
-    proj_hidden_dim: int = 2048
-    proj_out_dim: int = 128
-    proj_layers: int = 2
-    proj_batch_norm: bool = False
-    bn_groups: int = 1
-    shuffle_bn: bool = True
-    shuffle_seed: int = 0
-    augment_on: Literal["device", "worker"] = "device"
-    augment: ColorAugConfig = field(default_factory=lambda: ColorAugConfig(blur_p=0.5))
-
-    def __post_init__(self):
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.bn_groups < 1:
-            raise ValueError(f"bn_groups must be >= 1, got {self.bn_groups}")
-
-
-class MoCo(nn.Module):
+class MoCo(TaskBase):
     """MoCo v2 pretext task: ``forward(batch) -> {"loss", "acc", "momentum"}``.
 
     View 1 is the query, view 2 the key. ``after_step`` moves the momentum encoder.
     """
 
-    Config = MoCoConfig
     # Shuffle-BN keeps BatchNorm per rank on purpose (global statistics would let the
     # positive key leak): the trainer must not convert it to nn.SyncBatchNorm.
     manages_batchnorm_sync = True
 
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """MoCo v2 hyper-parameters (the recipe's ``task:`` section); defaults from the v2 paper.
+
+        queue_size: K negatives (65536 on ImageNet; 4096 in the CIFAR demo).
+        momentum: key encoder EMA m (0.999; the CIFAR demo uses 0.99).
+        momentum_schedule: ``constant`` (MoCo) or ``cosine`` (m -> 1 over training).
+        temperature: InfoNCE tau (0.2 for v2; 0.1 in the CIFAR demo).
+        proj_hidden_dim, proj_out_dim, proj_layers, proj_batch_norm: v2's head is
+            2048-2048-128, 2 layers, no BN.
+        bn_groups: BN groups per rank (see the module notes); 1 with 8+ GPUs as in the paper.
+        shuffle_bn: shuffle the keys across ranks/groups before the key encoder.
+        shuffle_seed: base seed of the shared shuffle permutation.
+        augment_on, augment: as in SimCLR; defaults are MoCo v2's recipe with blur for 224 px.
+        """
+
+        queue_size: int = 65536
+        momentum: float = 0.999
+        momentum_schedule: Literal["constant", "cosine"] = "constant"
+        temperature: float = 0.2
+        proj_hidden_dim: int = 2048
+        proj_out_dim: int = 128
+        proj_layers: int = 2
+        proj_batch_norm: bool = False
+        bn_groups: int = 1
+        shuffle_bn: bool = True
+        shuffle_seed: int = 0
+        augment_on: Literal["device", "worker"] = "device"
+        augment: ColorAugConfig = field(default_factory=lambda: ColorAugConfig(blur_p=0.5))
+
+        def __post_init__(self):
+            if self.queue_size < 1:
+                raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+            if not 0.0 <= self.momentum <= 1.0:
+                raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+            if self.temperature <= 0:
+                raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            if self.bn_groups < 1:
+                raise ValueError(f"bn_groups must be >= 1, got {self.bn_groups}")
+
     @staticmethod
-    def check_batch(cfg: MoCoConfig, global_batch: int, world_size: int) -> None:
+    def check_batch(cfg: MoCo.Config, global_batch: int, world_size: int) -> None:
         """Each step enqueues the global batch of keys, so the queue must hold it; each BN
         group needs two samples per rank for batch statistics."""
         if global_batch > cfg.queue_size:
@@ -114,7 +112,7 @@ class MoCo(nn.Module):
             raise ConfigError(f"moco: task.bn_groups {cfg.bn_groups} needs at least {2 * cfg.bn_groups} samples "
                               f"per process, the batch gives {per_rank}; lower task.bn_groups or raise data.batch_size")
 
-    def __init__(self, encoder: Encoder, cfg: MoCoConfig, data: DataConfig):
+    def __init__(self, encoder: Encoder, cfg: MoCo.Config, data: DataConfig):
         super().__init__()
         self.cfg, self.data = cfg, data
         self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
@@ -196,13 +194,6 @@ class MoCo(nn.Module):
         self.momentum_now.fill_(self._momentum)  # a device fill, no host-to-device copy
         ema_update(self.encoder, self.encoder_momentum, self._momentum)
         ema_update(self.head, self.head_momentum, self._momentum)
-
-    def pictures(self, batch: dict) -> None:
-        return None
-
-    def export_encoder(self):
-        """The online encoder (features before the projection head)."""
-        return self.encoder
 
 
 def _mirror_steps(module: MoCo, incompatible_keys) -> None:

@@ -11,8 +11,8 @@ rotation prediction to SimCLR with ``loss += 0.4 * rot_loss``. A recipe lists th
         - {name: simclr, weight: 1.0, temperature: 0.5}
         - {name: rotation, weight: 0.4}
 
-Each entry is a task section (its own keys, validated as a top-level one would be, at
-``task.tasks[i]``) plus ``weight``. Every sub-task gets the very same ``Encoder`` object
+Each entry is a task section (its own keys, parsed into a ``TaskSpec`` by the same code as
+a top-level one, at ``task.tasks[i]``) plus ``weight``. Every sub-task gets the very same ``Encoder`` object
 (SparK wraps it by composition, so its sparse pass and the others' dense passes share
 the parameters; MoCo deep-copies it into its key encoder, as alone) and keeps its own
 heads, buffers (MoCo's queue) and views: the loader runs each sub-task's
@@ -33,65 +33,54 @@ Loss balancing:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from convssl.config import _coerce, from_dict
+from convssl.config import coerce
 from convssl.errors import ConfigError
+from convssl.tasks.base import TaskBase
+from convssl.tasks.registry import TaskSpec, build_task
 
 WEIGHT_KEY = "weight"
 
 
-def split_entry(entry: dict, path: str) -> tuple[str, float, dict]:
-    """One ``task.tasks[i]`` entry -> (task name, weight, the task's own section), checked:
-    a known task other than ``multi``, a weight >= 0, and the task's own keys and types."""
-    from convssl.registry import TASKS, task_class
+@dataclass(frozen=True)
+class WeightedTask:
+    """One ``task.tasks[i]`` entry: a sub-task's spec and the weight of its loss."""
 
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{path}: expected a task section such as {{name: rotation, weight: 1.0}}, got {entry!r}")
-    section = dict(entry)
-    name = section.pop("name", None)
-    if name is None:
-        raise ConfigError(f"{path}.name is missing; one of: {', '.join(sorted(set(TASKS) - {'multi'}))}")
-    if name == "multi":
-        raise ConfigError(f"{path}: a multi task cannot nest another multi task; list its tasks here instead")
-    weight = _coerce(float, section.pop(WEIGHT_KEY, 1.0), f"{path}.{WEIGHT_KEY}")
-    if weight < 0 or not math.isfinite(weight):
-        raise ConfigError(f"{path}.{WEIGHT_KEY} must be a finite number >= 0, got {weight}")
-    from_dict(task_class(name).Config, section, path=path)
-    return name, weight, section
+    spec: TaskSpec
+    weight: float
+
+    @classmethod
+    def from_section(cls, entry, path: str) -> WeightedTask:
+        """``{name, weight (default 1.0), the task's own keys}``, checked: a task other than
+        ``multi``, a finite weight >= 0, and the task's own keys and types."""
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: expected a task section such as {{name: rotation, weight: 1.0}}, got {entry!r}")
+        section = dict(entry)
+        weight = coerce(float, section.pop(WEIGHT_KEY, 1.0), f"{path}.{WEIGHT_KEY}")
+        if weight < 0 or not math.isfinite(weight):
+            raise ConfigError(f"{path}.{WEIGHT_KEY} must be a finite number >= 0, got {weight}")
+        spec = TaskSpec.from_section(section, path)
+        if issubclass(spec.cls, MultiTask):
+            raise ConfigError(f"{path}: a multi task cannot nest another multi task; list its tasks here instead")
+        return cls(spec=spec, weight=weight)
+
+    @property
+    def key(self) -> str:
+        """The sub-task's name in the batch, the logs and the state_dict: the recipe's name,
+        or the class name of a ``package.module:Class`` one."""
+        return self.spec.name.rpartition(":")[2]
+
+    def to_section(self) -> dict:
+        return {**self.spec.to_section(), WEIGHT_KEY: self.weight}
 
 
-@dataclass(frozen=True, kw_only=True)
-class MultiConfig:
-    """The ``multi`` task's section.
-
-    tasks: the sub-task sections, each ``{name, weight (default 1.0), its own keys}``;
-        each task name at most once. The default, rotation alone, is the smallest valid run.
-    weighting: ``fixed`` (the weights as given) or ``uncertainty`` (Kendall et al. 2018,
-        learned weights initialised from the given ones, which must then be > 0).
-    """
-
-    tasks: tuple[dict, ...] = ({"name": "rotation", "weight": 1.0},)
-    weighting: Literal["fixed", "uncertainty"] = "fixed"
-
-    def __post_init__(self):
-        # ConfigError (not ValueError) so from_dict passes the nested key path through as is
-        if not self.tasks:
-            raise ConfigError("task.tasks is empty; list at least one task, e.g. [{name: rotation, weight: 1.0}]")
-        entries = [split_entry(e, f"task.tasks[{i}]") for i, e in enumerate(self.tasks)]
-        names = [name for name, _, _ in entries]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ConfigError(f"task.tasks lists {', '.join(repeated)} more than once; each task at most once")
-        if self.weighting == "uncertainty" and any(w <= 0 for _, w, _ in entries):
-            raise ConfigError("task.weighting=uncertainty starts from log-variances -log(weight): every weight must be > 0")
-
-    def entries(self) -> list[tuple[str, float, dict]]:
-        return [split_entry(e, f"task.tasks[{i}]") for i, e in enumerate(self.tasks)]
+def _rotation_alone() -> tuple[WeightedTask, ...]:
+    return (WeightedTask.from_section({"name": "rotation"}, "task.tasks[0]"),)
 
 
 class NamespacedViews:
@@ -117,25 +106,45 @@ def sub_batch(batch: dict, name: str) -> dict:
     return {**shared, **{k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}}
 
 
-class MultiTask(nn.Module):
+class MultiTask(TaskBase):
     """Weighted sum of several pretext tasks on one shared encoder.
 
     forward(batch) -> {"loss", "<task>/loss", "<task>/<scalar>", ...}.
     """
 
-    Config = MultiConfig
     manages_batchnorm_sync = False  # per instance: True when any sub-task manages it
 
-    def __init__(self, encoder, cfg: MultiConfig, data):
-        super().__init__()
-        from convssl.registry import build_task
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """The ``multi`` task's section.
 
+        tasks: the sub-tasks, each ``{name, weight (default 1.0), its own keys}``; each task
+            at most once. The default, rotation alone, is the smallest valid run.
+        weighting: ``fixed`` (the weights as given) or ``uncertainty`` (Kendall et al. 2018,
+            learned weights initialised from the given ones, which must then be > 0).
+        """
+
+        tasks: tuple[WeightedTask, ...] = field(default_factory=_rotation_alone)
+        weighting: Literal["fixed", "uncertainty"] = "fixed"
+
+        def __post_init__(self):
+            # ConfigError (not ValueError) so from_dict passes the nested key path through as is
+            if not self.tasks:
+                raise ConfigError("task.tasks is empty; list at least one task, e.g. [{name: rotation, weight: 1.0}]")
+            keys = [t.key for t in self.tasks]
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise ConfigError(f"task.tasks lists {', '.join(repeated)} more than once; each task at most once")
+            if self.weighting == "uncertainty" and any(t.weight <= 0 for t in self.tasks):
+                raise ConfigError("task.weighting=uncertainty starts from log-variances -log(weight): "
+                                  "every weight must be > 0")
+
+    def __init__(self, encoder, cfg: MultiTask.Config, data):
+        super().__init__()
         self.cfg = cfg
         self.encoder = encoder
-        entries = cfg.entries()
-        self.tasks = nn.ModuleDict({name: build_task({"name": name, **section}, encoder, data)
-                                    for name, _, section in entries})
-        weights = torch.tensor([w for _, w, _ in entries], dtype=torch.float32)
+        self.tasks = nn.ModuleDict({t.key: build_task(t.spec, encoder, data) for t in cfg.tasks})
+        weights = torch.tensor([t.weight for t in cfg.tasks], dtype=torch.float32)
         self.register_buffer("weights", weights)
         if cfg.weighting == "uncertainty":
             self.log_vars = nn.Parameter(-weights.log())
@@ -178,6 +187,3 @@ class MultiTask(nn.Module):
             if picture is not None:
                 return picture
         return None
-
-    def export_encoder(self):
-        return self.encoder

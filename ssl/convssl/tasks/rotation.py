@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from convssl.views.normalize import normalize
 from convssl.views.crop_views import crop_views
 from convssl.heads.classifier import classifier_head
 from convssl.losses.classification import cross_entropy_with_accuracy
+from convssl.tasks.base import TaskBase
 
 
 def rotate_all(x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,10 +32,8 @@ def rotate_all(x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rotated, labels
 
 
-class RotationPrediction(nn.Module):
+class RotationPrediction(TaskBase):
     """Predict which of 0/90/180/270 degrees an image was rotated by."""
-
-    manages_batchnorm_sync = False
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -45,7 +42,7 @@ class RotationPrediction(nn.Module):
         head: Literal["linear", "mlp"] = "mlp"
         hidden: int = 512
 
-    def __init__(self, encoder, cfg: "RotationPrediction.Config", data):
+    def __init__(self, encoder, cfg: RotationPrediction.Config, data):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
@@ -59,15 +56,5 @@ class RotationPrediction(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         x_BCHW = normalize(batch["img"][0], self.mean, self.std)
         x_4BCHW, y_4B = rotate_all(x_BCHW)
-        feats = self.encoder(x_4BCHW)
-        logits = self.head(F.adaptive_avg_pool2d(feats[-1], 1).flatten(1))
+        logits = self.head(self.encoder.pool(x_4BCHW))
         return cross_entropy_with_accuracy(logits, y_4B)
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        pass
-
-    def pictures(self, batch: dict) -> None:
-        return None
-
-    def export_encoder(self):
-        return self.encoder

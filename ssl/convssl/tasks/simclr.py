@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from convssl.views.photometric_config import ColorAugConfig
@@ -27,41 +26,10 @@ from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
 from convssl.losses.nt_xent import nt_xent_logits
+from convssl.tasks.base import TaskBase
 
 
-@dataclass(frozen=True, kw_only=True)
-class SimCLRConfig:
-    """SimCLR hyper-parameters (the recipe's ``task:`` section).
-
-    temperature: NT-Xent tau; the paper uses 0.1 on ImageNet (LARS, large batch), 0.5 on CIFAR.
-    proj_hidden_dim, proj_out_dim, proj_layers: the head, 2048-2048-128 with 2 layers in
-        SimCLR v1 (3 in v2).
-    proj_batch_norm: BN after hidden layers (as the official code); proj_last_bn on the output.
-    augment_on: ``device`` (batched here; the default) or ``worker`` (per sample in the
-        loader workers, torchvision v2). Measured by benchmarks/augment_placement.py on the
-        2-core dev CPU, one thread each: device 26.9k vs worker 4.6k images/s at 32 px gray
-        (5.8x), 71 vs 27 images/s at 224 px RGB with blur (2.7x). A CPU-only run where the
-        training process is already busy may still prefer ``worker`` (it runs in parallel
-        processes); on a GPU the batched path costs next to nothing.
-    augment: photometric strengths, the same for both views.
-    """
-
-    temperature: float = 0.1
-    proj_hidden_dim: int = 2048
-    proj_out_dim: int = 128
-    proj_layers: int = 2
-    proj_batch_norm: bool = True
-    proj_last_bn: bool = False
-    augment_on: Literal["device", "worker"] = "device"
-    augment: ColorAugConfig = field(default_factory=lambda: ColorAugConfig(
-        brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5))
-
-    def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-
-class SimCLR(nn.Module):
+class SimCLR(TaskBase):
     """SimCLR pretext task: ``forward(batch) -> {"loss", "acc", "pos_sim"}``.
 
     ``batch["img"]`` is a list of two uint8 ``[B, C, H, W]`` views. The two views go
@@ -69,17 +37,45 @@ class SimCLR(nn.Module):
     paper's global BN sees both views). "loss" is the paper's NT-Xent (mean over anchors).
     """
 
-    Config = SimCLRConfig
-    manages_batchnorm_sync = False
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """SimCLR hyper-parameters (the recipe's ``task:`` section).
+
+        temperature: NT-Xent tau; the paper uses 0.1 on ImageNet (LARS, large batch), 0.5 on CIFAR.
+        proj_hidden_dim, proj_out_dim, proj_layers: the head, 2048-2048-128 with 2 layers in
+            SimCLR v1 (3 in v2).
+        proj_batch_norm: BN after hidden layers (as the official code); proj_last_bn on the output.
+        augment_on: ``device`` (batched here; the default) or ``worker`` (per sample in the
+            loader workers, torchvision v2). Measured by benchmarks/augment_placement.py on the
+            2-core dev CPU, one thread each: device 26.9k vs worker 4.6k images/s at 32 px gray
+            (5.8x), 71 vs 27 images/s at 224 px RGB with blur (2.7x). A CPU-only run where the
+            training process is already busy may still prefer ``worker`` (it runs in parallel
+            processes); on a GPU the batched path costs next to nothing.
+        augment: photometric strengths, the same for both views.
+        """
+
+        temperature: float = 0.1
+        proj_hidden_dim: int = 2048
+        proj_out_dim: int = 128
+        proj_layers: int = 2
+        proj_batch_norm: bool = True
+        proj_last_bn: bool = False
+        augment_on: Literal["device", "worker"] = "device"
+        augment: ColorAugConfig = field(default_factory=lambda: ColorAugConfig(
+            brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5))
+
+        def __post_init__(self):
+            if self.temperature <= 0:
+                raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     @staticmethod
-    def check_batch(cfg: SimCLRConfig, global_batch: int, world_size: int) -> None:
+    def check_batch(cfg: SimCLR.Config, global_batch: int, world_size: int) -> None:
         """The negatives are the other images of the (global) batch: it needs two at least."""
         if global_batch < 2:
             raise ConfigError(f"simclr takes its negatives from the other images of the batch: "
                               f"data.batch_size {global_batch} has none; use 2 or more (the paper: 4096)")
 
-    def __init__(self, encoder: Encoder, cfg: SimCLRConfig, data: DataConfig):
+    def __init__(self, encoder: Encoder, cfg: SimCLR.Config, data: DataConfig):
         super().__init__()
         self.cfg, self.data = cfg, data
         self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
@@ -110,13 +106,3 @@ class SimCLR(nn.Module):
             pos_sim = F.cosine_similarity(z1.float(), z2.float(), dim=1).mean()
         # per-rank values: the trainer averages logged scalars over ranks when it logs
         return {"loss": loss, "acc": acc, "pos_sim": pos_sim}
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        pass
-
-    def pictures(self, batch: dict) -> None:
-        return None
-
-    def export_encoder(self):
-        """The online encoder (features before the projection head)."""
-        return self.encoder

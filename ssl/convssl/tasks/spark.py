@@ -32,6 +32,7 @@ from convssl.sparse import SparseEncoder, random_patch_mask, sparse_batch_norm, 
 from convssl.sparse.mask import visible_count, visible_site_count, visible_sites
 from convssl.sparse.convert import resolve_types
 from convssl.sparse.norm import compute_dtype
+from convssl.tasks.base import TaskBase
 
 TARGET_EPS = 1e-6  # SparK: target patch normalised by sqrt(unbiased var + 1e-6)
 
@@ -164,7 +165,7 @@ class Densify(nn.Module):
 
 
 # ---- the task -------------------------------------------------------------------------
-class SparK(nn.Module):
+class SparK(TaskBase):
     """Sparse masked modeling (Tian et al., ICLR 2023) for any convnet Encoder.
 
     Composition: ``self.encoder`` is the dense ``Encoder`` handed in, registered and never
@@ -297,12 +298,6 @@ class SparK(nn.Module):
     # ---- task contract ------------------------------------------------------------------
     def loader_transform(self):
         return crop_views(self.data)
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        pass
-
-    def export_encoder(self) -> Encoder:
-        return self.encoder
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         x, mask, visible = self._inputs(batch)

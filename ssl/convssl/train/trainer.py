@@ -26,7 +26,7 @@ from convssl.encoders.init_weights import apply_init
 from convssl.errors import ConfigError, ConvsslError
 from convssl.input_memory import check_input_fits
 from convssl.recipe import Recipe, check_batch, recipe_from_dict
-from convssl.registry import build_task
+from convssl.tasks.registry import build_task
 from convssl.run_lock import RunLock
 from convssl.train import budget as budget_fit
 from convssl import checkpoint as ckpt_io
