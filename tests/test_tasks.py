@@ -1,31 +1,38 @@
 """Contract tests over the whole task registry: they grow by themselves when a task is added.
 
-Every registered task, on three kinds of encoder (a ResNet, a MobileNet, a user's
-Sequential), takes one real trainer step on the embedded shards with a finite loss, and
-on a real batch cut by its own ``loader_transform`` its loss sends gradients into every
-encoder stage.
+Every registered task, and a task from outside the package (``task_plugin``: a package of
+its own with a ``convssl.tasks`` entry point), on three kinds of encoder (a ResNet, a
+MobileNet, a user's Sequential), takes one real trainer step on the embedded shards with
+a finite loss, and on a real batch cut by its own ``loader_transform`` its loss sends
+gradients into every encoder stage.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+import yaml
+from task_plugin import CLASS_PATH, ENTRY_POINT, PACKAGE, write_plugin
 
+from convssl.cli import main
 from convssl.data.reader import ShardDataset, collate_samples
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError
 from convssl.recipe import recipe_from_dict
+from convssl import checkpoint as ckpt_io
 from convssl.tasks.registry import TASKS, TaskSpec, build_task, task_class
 from convssl.tasks import CONTRACT, PretextTask, check_task
 from convssl.train.trainer import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 UNLABELED = str(REPO / "data" / "fmnist" / "unlabeled")
+ALL_TASKS = [*sorted(TASKS), ENTRY_POINT]  # the built-ins and the plugin's entry point
 
 # (spec, extra encoder keys, input size): sizes each encoder takes (SparK needs >= 4 patches)
 ENCODERS = {
@@ -38,7 +45,8 @@ SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj
          "moco": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 64},
          "rotation": {"hidden": 64}, "context": {"hidden": 64, "pairs": 2},
          "jigsaw": {"permutations": 10, "tile_dim": 16, "hidden": 64},
-         "multi": {"tasks": [{"name": "rotation", "hidden": 64}]}}  # spark + rotation: tests/test_multi.py
+         "multi": {"tasks": [{"name": "rotation", "hidden": 64}]},  # spark + rotation: tests/test_multi.py
+         ENTRY_POINT: {"hidden": 16}}
 # Patch tasks cut each input into a 3x3 grid whose patches must take the encoder's minimum
 # input (its total reduction): MobileNet's 32x needs >= 32 px patches, so larger inputs.
 PATCH_TASKS, PATCH_TASK_SIZES = {"context", "jigsaw"}, {"mobilenet_v3_small": 160}
@@ -66,6 +74,16 @@ def _fields(task: str) -> set[str]:
     return {f.name for f in dataclasses.fields(task_class(task).Config)}
 
 
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """The plugin package importable, and its entry point visible to importlib.metadata."""
+    write_plugin(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    yield
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+        del sys.modules[name]
+
+
 def real_batch(task, size: int, n: int = 8) -> dict:
     data = ShardDataset(UNLABELED, transform=task.loader_transform(), channels=1, shuffle_buffer=1)
     samples = []
@@ -77,8 +95,8 @@ def real_batch(task, size: int, n: int = 8) -> dict:
 
 
 @pytest.mark.parametrize("encoder", list(ENCODERS))
-@pytest.mark.parametrize("name", sorted(TASKS))
-def test_every_task_trains_and_reaches_every_stage(name, encoder, tmp_path):
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_every_task_trains_and_reaches_every_stage(name, encoder, tmp_path, plugin):
     r = recipe(name, encoder)
     summary = pretrain(r, UNLABELED, tmp_path / "run", progress=False)
     assert summary["steps"] == 1 and math.isfinite(summary["metrics"]["loss"])
@@ -121,8 +139,53 @@ def test_a_task_missing_part_of_the_contract_is_named():
 
     with pytest.raises(ConfigError, match="missing loader_transform, after_step, pictures, export_encoder"):
         check_task(Half, "half")
-    for name in TASKS:  # every registered task has every member
-        assert all(hasattr(task_class(name), m) for m in CONTRACT)
+
+
+@pytest.mark.parametrize("name", [ENTRY_POINT, CLASS_PATH])
+def test_a_task_from_outside_the_package_trains_through_convssl_pretrain(name, tmp_path, plugin):
+    """By its entry point and by package.module:Class, from a recipe, through the command line:
+    the run's config.yaml records the section as written and reads back as the same recipe."""
+    r = recipe(ENTRY_POINT, "resnet18_small")
+    raw = {**r.to_dict(), "task": {"name": name, "hidden": 8}}
+    raw["train"] |= {"max_steps": 2, "ckpt_every": 2}
+    (tmp_path / "plugin.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["pretrain", "--recipe", str(tmp_path / "plugin.yaml"), "--data", UNLABELED,
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["task"] == {"name": name, "hidden": 8}
+    again = recipe_from_dict({k: v for k, v in saved.items() if k != "run"})
+    assert again.task.to_section() == {"name": name, "hidden": 8}
+    assert type(again.task.config).__module__ == f"{PACKAGE}.tasks" and again.task.config.hidden == 8
+    state = ckpt_io.load(ckpt_io.latest(tmp_path / "run" / "checkpoints"))
+    assert state["step"] == 2 and state["task"]["head.0.weight"].shape == (8, 512)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("no_such_pkg.tasks:Task", r"task 'no_such_pkg.tasks:Task': cannot import module 'no_such_pkg.tasks'"),
+    (f"{PACKAGE}.tasks:UpsideDwn", r"has no attribute 'UpsideDwn' \(did you mean UpsideDown\?\)"),
+    (f"{PACKAGE}.tasks:NotATask", r"does not follow the task contract .*missing Config, manages_batchnorm_sync"),
+    (f"{PACKAGE}.tasks:torch", r"is <module 'torch'.*not an nn.Module class"),
+    ("upside_dwn", rf"unknown task 'upside_dwn' \(did you mean {ENTRY_POINT}\?\); available tasks: "
+                   rf"\w+, .*rotation, .*{ENTRY_POINT}; or a class of your own as package.module:Class$"),
+])
+def test_a_task_name_that_resolves_to_no_task_is_one_clear_error(name, message, plugin):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict({**recipe("rotation", "resnet18_small").to_dict(), "task": {"name": name}})
+
+
+def test_the_task_section_is_parsed_once_into_its_typed_config(plugin):
+    """Recipe.task is the spec: name, class and typed Config; a multi task's entries are
+    specs with weights, parsed by the same code (the same errors, at their key path)."""
+    r = recipe_from_dict({**recipe("rotation", "resnet18_small").to_dict(),
+                          "task": {"name": "multi", "tasks": [{"name": ENTRY_POINT, "weight": "0.5", "hidden": 4},
+                                                              {"name": "rotation"}]}})
+    first, second = r.task.config.tasks
+    assert (first.spec.name, first.weight, first.spec.config.hidden) == (ENTRY_POINT, 0.5, 4)
+    assert second.spec.cls is task_class("rotation") and second.weight == 1.0
+    assert r.to_dict()["task"] == {"name": "multi", "tasks": [{"name": ENTRY_POINT, "weight": "0.5", "hidden": 4},
+                                                              {"name": "rotation"}]}
+    with pytest.raises(ConfigError, match=r"unknown key task.tasks\[0\].hiden \(did you mean task.tasks\[0\].hidden\?\)"):
+        recipe_from_dict({**r.to_dict(), "task": {"name": "multi", "tasks": [{"name": ENTRY_POINT, "hiden": 4}]}})
 
 
 def test_rotation_and_spark_share_one_encoder():
