@@ -32,8 +32,9 @@ def add_arguments(parser) -> None:
                              "the whole 10,000-image Fashion-MNIST test split; those of them that exist)")
     parser.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's length")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set data.size=48 (repeatable)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
 
 
 def run(args) -> int:
