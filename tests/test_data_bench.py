@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from convssl.cli import main
@@ -19,5 +20,9 @@ def test_bench_data_prints_a_row_per_worker_count(tmp_path: Path, capsys):
                  "--batch", "4", "--epochs", "1", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| 0 |"))
-    rates = [float(cell.split()[0]) for cell in row.strip("|").split("|")[1:4]]
-    assert all(rate > 0 for rate in rates)  # local shards, HTTP shards, ImageFolder all delivered images
+    cells = row.strip().strip("|").split("|")
+    rates = [float(cell.split()[0]) for cell in cells[1:4]]  # local shards, HTTP shards, ImageFolder
+    per_worker = [float(cell.split()[1].strip("()")) for cell in cells[1:4]]
+    assert per_worker == rates  # 0 workers: the main process is the one reader
+    # the last column is shards over ImageFolder (not its inverse), from the rates shown
+    assert float(cells[4]) == pytest.approx(rates[0] / rates[2], rel=0.05)

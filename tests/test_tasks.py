@@ -27,7 +27,7 @@ from convssl.errors import ConfigError
 from convssl.recipe import recipe_from_dict
 from convssl import checkpoint as ckpt_io
 from convssl.tasks.registry import TASKS, TaskSpec, build_task, task_class
-from convssl.tasks import CONTRACT, PretextTask, check_task
+from convssl.tasks import PretextTask, check_task
 from convssl.train.trainer import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,8 +165,8 @@ def test_a_task_from_outside_the_package_trains_through_convssl_pretrain(name, t
     (f"{PACKAGE}.tasks:UpsideDwn", r"has no attribute 'UpsideDwn' \(did you mean UpsideDown\?\)"),
     (f"{PACKAGE}.tasks:NotATask", r"does not follow the task contract .*missing Config, manages_batchnorm_sync"),
     (f"{PACKAGE}.tasks:torch", r"is <module 'torch'.*not an nn.Module class"),
-    ("upside_dwn", rf"unknown task 'upside_dwn' \(did you mean {ENTRY_POINT}\?\); available tasks: "
-                   rf"\w+, .*rotation, .*{ENTRY_POINT}; or a class of your own as package.module:Class$"),
+    ("upside_dwn", (rf"unknown task 'upside_dwn' \(did you mean {ENTRY_POINT}\?\); available tasks: "
+                    rf"\w+, .*rotation, .*{ENTRY_POINT}; or a class of your own as package.module:Class$")),
 ])
 def test_a_task_name_that_resolves_to_no_task_is_one_clear_error(name, message, plugin):
     with pytest.raises(ConfigError, match=message):
