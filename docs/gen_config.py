@@ -128,8 +128,8 @@ def range_checks(cls) -> dict[str, list[str]]:
         elif isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
             message = _literal_text(node.exc.args[0]).split(", got")[0].strip()
             mentioned = [n for n in names if re.search(rf"\b{re.escape(n)}\b", message)]
-            if message and mentioned:
-                checks.setdefault(mentioned[0], []).append(message)
+            if message and mentioned:  # "width must be ..." reads "must be ..." in the key's row
+                checks.setdefault(mentioned[0], []).append(re.sub(rf"^{mentioned[0]}\s+(?=must)", "", message))
     return checks
 
 

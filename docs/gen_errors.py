@@ -15,13 +15,31 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ssl" / "convssl"
 
 
-def error_classes() -> dict[str, type]:
-    """The ``ConvsslError`` family from ``convssl.errors``, base first."""
+def _modules():
+    """(dotted module name, parsed source) of every file of the package."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        yield module, ast.parse(path.read_text(), str(path))
+
+
+def error_classes() -> dict[str, str]:
+    """Name -> docstring of the ``ConvsslError`` family: ``convssl.errors`` and every class
+    in the package that derives from one of them (read from the source), base first."""
     import convssl.errors as errors
 
-    found = {name: obj for name, obj in vars(errors).items()
+    found = {name: inspect.getdoc(obj) or "" for name, obj in vars(errors).items()
              if isinstance(obj, type) and issubclass(obj, errors.ConvsslError)}
-    return dict(sorted(found.items(), key=lambda item: (item[1] is not errors.ConvsslError, item[0])))
+    trees = list(_modules())
+    grew = True
+    while grew:
+        grew = False
+        for module, tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and node.name not in found and any(
+                        isinstance(b, ast.Name) and b.id in found for b in node.bases):
+                    found[node.name] = f"{ast.get_docstring(node) or ''} (``{module}.{node.name}``)".strip()
+                    grew = True
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "ConvsslError", item[0])))
 
 
 def _message(node) -> str:
@@ -38,9 +56,8 @@ def raised_messages() -> dict[str, list[tuple[str, str]]]:
     """Error class name -> sorted unique (message, module) pairs raised in the package."""
     classes = error_classes()
     found: dict[str, set[tuple[str, str]]] = {name: set() for name in classes}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for module, tree in _modules():
+        for node in ast.walk(tree):
             if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
                 continue
             func = node.exc.func
@@ -57,12 +74,12 @@ def error_catalogue() -> str:
     classes = error_classes()
     messages = raised_messages()
     total = sum(len(m) for m in messages.values())
-    lines = [f"## Every message, by kind", "",
+    lines = ["## Every message, by kind", "",
              f"Generated from the source at build time: the {total} messages convssl raises for a user "
              "mistake, `…` standing for the value filled in (a path, a key, a number). Search this page "
              "for the words of the line you got.", ""]
-    for name, cls in classes.items():
-        lines += [f"### {name}", "", inspect.getdoc(cls) or "", ""]
+    for name, doc in classes.items():
+        lines += [f"### {name}", "", doc, ""]
         for message, module in messages.get(name, []):
             text = message.replace("`", "'")
             lines.append(f"- `{text}` <small>({module})</small>")

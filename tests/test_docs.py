@@ -155,7 +155,7 @@ def test_config_generator_reads_types_defaults_checks_and_help():
     assert rows == [
         "| `task.ratio` | float | `0.6` | in [0, 1) | fraction masked, as in the paper; continued on a second line. |",
         "| `task.width` | int | `64` | > 1 | the head's shape. |",
-        "| `task.depth` | int | `2` | depth must be at most 8 | the head's shape. |",
+        "| `task.depth` | int | `2` | must be at most 8 | the head's shape. |",
         '| `task.mode` | "a" \\| "b" | `"a"` |  |  |',
         "| `task.stages` | list of str | `[]` |  |  |",
     ]
