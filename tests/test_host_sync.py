@@ -32,7 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 UNLABELED = str(REPO / "data" / "fmnist" / "unlabeled")
 SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
          "moco": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 64, "bn_groups": 2},
-         "rotation": {"hidden": 64}}
+         "rotation": {"hidden": 64},
+         "byol": {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64},
+         "barlow_twins": {"proj_hidden_dim": 64, "proj_out_dim": 32},
+         "vicreg": {"proj_hidden_dim": 64, "proj_out_dim": 32},
+         "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "crops": {"local_crops": 2, "local_size": 16}}}
 
 
 class ScalarReads(TorchDispatchMode):

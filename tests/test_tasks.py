@@ -46,6 +46,11 @@ SMALL = {"spark": {"decoder_width": 32}, "simclr": {"proj_hidden_dim": 64, "proj
          "rotation": {"hidden": 64}, "context": {"hidden": 64, "pairs": 2},
          "jigsaw": {"permutations": 10, "tile_dim": 16, "hidden": 64},
          "multi": {"tasks": [{"name": "rotation", "hidden": 64}]},  # spark + rotation: tests/test_multi.py
+         "byol": {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64},
+         "barlow_twins": {"proj_hidden_dim": 64, "proj_out_dim": 32},
+         "vicreg": {"proj_hidden_dim": 64, "proj_out_dim": 32},
+         "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16,
+                  "crops": {"local_crops": 2, "local_size": 32}},  # multi-crop (MobileNet's minimum side)
          ENTRY_POINT: {"hidden": 16}}
 # Patch tasks cut each input into a 3x3 grid whose patches must take the encoder's minimum
 # input (its total reduction): MobileNet's 32x needs >= 32 px patches, so larger inputs.

@@ -39,6 +39,10 @@ TASKS: dict[str, str] = {
     "multi": "convssl.tasks.multi:MultiTask",
     "context": "convssl.tasks.context:ContextPrediction",
     "jigsaw": "convssl.tasks.jigsaw:Jigsaw",
+    "byol": "convssl.tasks.byol:BYOL",
+    "barlow_twins": "convssl.tasks.barlow_twins:BarlowTwins",
+    "vicreg": "convssl.tasks.vicreg:VICReg",
+    "dino": "convssl.tasks.dino:DINO",
 }
 ENTRY_POINT_GROUP = "convssl.tasks"
 
