@@ -54,6 +54,8 @@ class Encoder(nn.Module):
 
     forward(x_BCHW) -> list of stage maps [B, C_i, H/r_i, W/r_i]
     pool(x_BCHW)    -> [B, C_last] global average of the last stage
+    stage_maps(model, x_BCHW) -> the stage maps of ``model``, this encoder's model or a
+        module of the same layout that shares its weights (the sparse twin, ``convssl.sparse``)
     """
 
     def __init__(self, model: nn.Module, *, input_size: int = 224, in_chans: int | None = None,
@@ -125,20 +127,25 @@ class Encoder(nn.Module):
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x_BCHW: torch.Tensor) -> list[torch.Tensor]:
         self.check_input(x_BCHW)
-        return self._forward_chain(x_BCHW) if self._chain else self._forward_captured(x_BCHW)
+        return self.stage_maps(self.model, x_BCHW)
+
+    def stage_maps(self, model: nn.Module, x_BCHW: torch.Tensor) -> list[torch.Tensor]:
+        """The stage maps of ``model`` (``self.model``, or a module with the same submodule
+        names, such as its sparse twin), run the way this encoder runs its own model."""
+        return self._forward_chain(model, x_BCHW) if self._chain else self._forward_captured(model, x_BCHW)
 
     def pool(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self(x_BCHW)[-1], 1).flatten(1)
 
-    def _forward_chain(self, x):
+    def _forward_chain(self, model, x):
         wanted, maps = set(self.stage_names), []
         for name in self._chain:
-            x = self.model.get_submodule(name)(x)
+            x = model.get_submodule(name)(x)
             if name in wanted:
                 maps.append(x)
         return maps
 
-    def _forward_captured(self, x):
+    def _forward_captured(self, model, x):
         maps: dict[str, torch.Tensor] = {}
         last = self.stages[-1].name
 
@@ -149,9 +156,9 @@ class Encoder(nn.Module):
                     raise _StopForward
             return hook
 
-        handles = [self.model.get_submodule(n).register_forward_hook(grab(n)) for n in self.stage_names]
+        handles = [model.get_submodule(n).register_forward_hook(grab(n)) for n in self.stage_names]
         try:
-            self.model(x)
+            model(x)
         except _StopForward:
             pass
         finally:
@@ -161,8 +168,8 @@ class Encoder(nn.Module):
 
     def _chain_matches(self, probe) -> bool:
         with torch.no_grad():
-            via_chain = self._forward_chain(probe)
-            via_hooks = self._forward_captured(probe)
+            via_chain = self._forward_chain(self.model, probe)
+            via_hooks = self._forward_captured(self.model, probe)
         return all(a.shape == b.shape and torch.allclose(a, b) for a, b in zip(via_chain, via_hooks))
 
     def check_input(self, x_BCHW: torch.Tensor) -> None:

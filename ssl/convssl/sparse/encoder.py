@@ -6,6 +6,7 @@ Legend: B batch, C channels, H/W input size, gh/gw patch grid, h/w a stage's siz
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from convssl.encoders import Encoder
 from convssl.errors import EncoderError
@@ -15,17 +16,21 @@ from convssl.sparse.layers import is_channels_last
 from convssl.sparse.mask import MaskContext, patch_grid
 
 
-class SparseEncoder(Encoder):
+class SparseEncoder(nn.Module):
     """Runs a dense ``Encoder`` sparsely under a patch mask, without changing it.
 
-    ``SparseEncoder(encoder)`` builds a sparse twin of ``encoder.model``
-    (``convert.sparse_view``): the twin's layers hold the very same ``Parameter`` and buffer
-    objects under the same names, so gradients, optimizer state, ``state_dict`` keys and
-    exports are the dense encoder's, and ``encoder`` itself still runs dense (a dense task
-    and a sparse task can share it). Keep ``encoder`` registered in your module; this
-    object registers only the twin (hold it outside ``_modules``, as ``SparK`` does, so a
-    ``state_dict`` lists each weight once). The twin follows the dense modules' train/eval
-    mode at every call.
+    Holds, by composition, ``encoder`` (the dense Encoder: a registered submodule, so this
+    module's parameters and ``state_dict`` are the encoder's) and ``view``, its sparse twin
+    (``convert.sparse_view``; ``model`` is the twin's root). The twin's layers hold the very
+    same ``Parameter`` and buffer objects under the same names, so gradients, optimizer
+    state and exports are the dense encoder's, and ``encoder`` itself still runs dense (a
+    dense task and a sparse task can share it). The twin lives in the ``SparseView``, which
+    is not a module: that keeps it out of every ``state_dict`` and ``.to()``, and it needs
+    neither (it shares the dense tensors, and follows the dense modules' train/eval mode at
+    every call). The stages (``stages``, ``reductions``, ``channels``, ``in_chans``) are
+    the encoder's; the twin runs them through ``Encoder.stage_maps``. A task that already
+    registers ``encoder`` keeps this object out of its own submodules, so that its
+    ``state_dict`` lists each weight once (as ``SparK`` does).
 
     forward(x_BCHW, mask_B1hw) -> stage maps [B, C_i, h_i, w_i]
         mask_B1hw: bool [B, 1, H/p, W/p], True = visible, p = ``patch_size`` (the total
@@ -42,16 +47,12 @@ class SparseEncoder(Encoder):
 
     def __init__(self, encoder: Encoder, *, sync_bn: bool = True, elementwise: tuple[type, ...] = (),
                  backend: str = "masked"):
-        torch.nn.Module.__init__(self)
-        if isinstance(encoder, SparseEncoder):
-            raise EncoderError("SparseEncoder wraps a dense Encoder, not another SparseEncoder")
-        self.config, self.in_chans, self.input_size = encoder.config, encoder.in_chans, encoder.input_size
-        self.stages, self._chain, self.head = encoder.stages, encoder._chain, encoder.head
+        super().__init__()
+        if not isinstance(encoder, Encoder):
+            raise EncoderError(f"SparseEncoder wraps a dense Encoder, not a {type(encoder).__name__}")
+        self.encoder = encoder
         self.ctx = MaskContext()
         self.view = sparse_view(encoder.model, self.ctx, sync_bn=sync_bn, elementwise=elementwise)
-        self.model = self.view.model
-        self.__dict__["dense"] = encoder  # not a submodule: its weights are the twin's
-        self.view.twins.append((self, encoder))
         backends.check_backend(backend)
         self.backend = backend
         self.backend_choices: dict[str, dict[str, str]] = {}
@@ -60,6 +61,27 @@ class SparseEncoder(Encoder):
         self._applied: str | None = None
         if backend != "auto":
             self.layer_backends = backends.assign(self.view, {p: backend for p in backends.windowed_layers(self.view)})
+
+    @property
+    def model(self) -> nn.Module:
+        """The sparse twin of ``encoder.model`` (same submodule names, same tensors)."""
+        return self.view.model
+
+    @property
+    def stages(self):
+        return self.encoder.stages
+
+    @property
+    def reductions(self) -> list[int]:
+        return self.encoder.reductions
+
+    @property
+    def channels(self) -> list[int]:
+        return self.encoder.channels
+
+    @property
+    def in_chans(self) -> int:
+        return self.encoder.in_chans
 
     @property
     def patch_size(self) -> int:
@@ -73,7 +95,7 @@ class SparseEncoder(Encoder):
                 visible_per_image: int | None = None) -> list[torch.Tensor]:
         """Stage maps of the masked input. ``visible_per_image``: the visible patches every
         image of ``mask_B1hw`` has, when known (then no host-device sync; see ``MaskContext.use``)."""
-        self.check_input(x_BCHW)
+        self.encoder.check_input(x_BCHW)
         grid = self.grid(x_BCHW.shape[-2:])
         if tuple(mask_B1hw.shape) != (x_BCHW.shape[0], 1, *grid):
             raise EncoderError(
@@ -86,7 +108,7 @@ class SparseEncoder(Encoder):
             x = self.ctx.apply(x_BCHW, where="input")
             if self.backend == "auto":
                 self._auto_choose(x, mask_B1hw)
-            return super().forward(x)
+            return self.encoder.stage_maps(self.model, x)
 
     @staticmethod
     def shape_key(x_BCHW: torch.Tensor, mask_B1hw: torch.Tensor) -> str:
@@ -119,7 +141,7 @@ class SparseEncoder(Encoder):
                 for twin, _ in self.view.twins:
                     twin.training = False  # no running-statistics update while recording
                 with torch.no_grad():
-                    super().forward(x)
+                    self.encoder.stage_maps(self.model, x)
             finally:
                 for h in hooks:
                     h.remove()
@@ -137,9 +159,9 @@ class SparseEncoder(Encoder):
         return max(found, key=lambda k: int(k.split("x", 1)[0])) if found else None
 
     def _check_same_layers(self) -> None:
-        stale = self.view.stale_layer(self.dense.model)
+        stale = self.view.stale_layer(self.encoder.model)
         if stale is not None:
-            now = type(self.dense.model.get_submodule(stale)).__name__
+            now = type(self.encoder.model.get_submodule(stale)).__name__
             raise EncoderError(
                 f"layer {stale} of the encoder was replaced (by {now}) after its sparse twin was made, "
                 "e.g. by nn.SyncBatchNorm.convert_sync_batchnorm; SparK's BatchNorm already syncs "

@@ -1,11 +1,14 @@
 """Sparse versions of the layers a convnet is made of (SparK's ``masked`` backend).
 
-Each sparse layer is a subclass of its dense layer (``SparseConv2d(nn.Conv2d)``...) made
-from the dense instance by ``sparsify``: the very same parameter and buffer objects under
-the same attribute names, so ``state_dict`` keys never change; the dense instance itself is
-never changed and keeps running dense (see ``convert.sparse_view``). All layers of one encoder
-share one ``MaskContext`` (``self.sparse_ctx``); with no mask set they compute exactly
-what the dense layer computes.
+Each sparse layer is an instance of a class defined here (``SparseConv2d(SparseWindowed,
+nn.Conv2d)``, ..., ``SparseElementwise`` for activations) made from the dense instance by
+``sparsify``: the very same parameter and buffer objects under the same attribute names, so
+``state_dict`` keys never change; the dense instance itself is never changed and keeps
+running dense (see ``convert.sparse_view``). The dense computation is always the dense
+instance's own ``forward`` (``dense_forward``), so a subclass of a known layer (timm's
+``Conv2dSame``, a ``LayerNorm2d``) computes what it computes densely, under the sparse class
+of its known base. All layers of one encoder share one ``MaskContext`` (``self.sparse_ctx``);
+with no mask set they compute exactly what the dense layer computes.
 
 Semantics (SparK, Tian et al. 2023, sec. 3.1 and its public code): convolution and
 pooling run densely and their outputs are multiplied by the mask at their own scale;
@@ -19,17 +22,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torchvision.ops.misc import SqueezeExcitation
 
+from convssl.errors import EncoderError
 from convssl.sparse.mask import MaskContext
 from convssl.sparse.norm import masked_max, masked_mean, sparse_batch_norm, sparse_group_norm
 
 
 class SparseLayer:
-    """Mixin: the context, the layer's path (for errors) and the layout of its tensors."""
+    """Mixin: the context, the layer's path (for errors), the layout of its tensors, and the
+    dense layer it was made from (its class, and its bound ``forward``: the dense computation)."""
 
     sparse_ctx: MaskContext
     sparse_name: str = ""
     sparse_channels_last: bool = False
+    sparse_dense_cls: type
+    sparse_dense_forward = None
+
+    def dense_forward(self, x):
+        """What the dense layer computes on ``x`` (its own ``forward``, no hooks)."""
+        return self.sparse_dense_forward(x)
 
     def _mask_output(self, y: torch.Tensor) -> torch.Tensor:
         return self.sparse_ctx.apply(y, self.sparse_channels_last, self._where)
@@ -39,7 +51,7 @@ class SparseLayer:
         return self.sparse_ctx.at(hw, torch.bool, self._where)
 
     def _where(self) -> str:
-        return f"{self.sparse_name or '?'} ({dense_class(type(self)).__name__})"
+        return f"{self.sparse_name or '?'} ({self.sparse_dense_cls.__name__})"
 
 
 class MaskedOutput(SparseLayer):
@@ -47,7 +59,7 @@ class MaskedOutput(SparseLayer):
     norms such as LayerNorm, Linear applied channels-last, activations with f(0) != 0)."""
 
     def forward(self, x):
-        y = super().forward(x)
+        y = self.dense_forward(x)
         return self._mask_output(y) if self.sparse_ctx.active else y
 
 
@@ -98,10 +110,10 @@ class SparseBatchNorm(SparseLayer):
 
     def forward(self, x):
         if not self.sparse_ctx.active:
-            return super().forward(x)
+            return self.dense_forward(x)
         m = self._mask(x)
         if m is None:
-            return super().forward(x)
+            return self.dense_forward(x)
         return sparse_batch_norm(self, x, m, sync=self.sparse_sync, sites=self.sparse_ctx.sites(x.shape[-2:]))
 
 
@@ -111,7 +123,7 @@ class SparseGroupNorm(SparseLayer):
     def forward(self, x):
         m = self._mask(x) if self.sparse_ctx.active else None
         if m is None:
-            return super().forward(x)
+            return self.dense_forward(x)
         return sparse_group_norm(x, m, self.num_groups, self.weight, self.bias, self.eps)
 
 
@@ -121,7 +133,7 @@ class SparseInstanceNorm(SparseLayer):
     def forward(self, x):
         m = self._mask(x) if self.sparse_ctx.active else None
         if m is None:
-            return super().forward(x)
+            return self.dense_forward(x)
         return sparse_group_norm(x, m, x.shape[1], self.weight, self.bias, self.eps)
 
 
@@ -132,7 +144,7 @@ class SparseSqueezeExcitation(SparseLayer):
     def forward(self, x):
         m = self._mask(x) if self.sparse_ctx.active else None
         if m is None:
-            return super().forward(x)
+            return self.dense_forward(x)
         scale = masked_mean(x, m)
         scale = self.scale_activation(self.fc2(self.activation(self.fc1(scale))))
         return x * scale  # masked positions of x are 0, so they stay 0
@@ -143,7 +155,7 @@ class SparseGlobalAvgPool(SparseLayer):
 
     def forward(self, x):
         m = self._mask(x) if self.sparse_ctx.active else None
-        return super().forward(x) if m is None else masked_mean(x, m)
+        return self.dense_forward(x) if m is None else masked_mean(x, m)
 
 
 class SparseGlobalMaxPool(SparseLayer):
@@ -151,11 +163,11 @@ class SparseGlobalMaxPool(SparseLayer):
 
     def forward(self, x):
         m = self._mask(x) if self.sparse_ctx.active else None
-        return super().forward(x) if m is None else masked_max(x, m)
+        return self.dense_forward(x) if m is None else masked_max(x, m)
 
 
-# Named classes for the common layers (readable in ``print(model)`` and picklable); other
-# subclasses of these (timm's Conv2dSame, LayerNorm2d variants...) get a class made on the fly.
+# The sparse classes, one per known dense base (readable in ``print(model)``, picklable by
+# name); ``sparse_class`` picks the one for a dense layer's class, subclasses included.
 class SparseConv2d(SparseWindowed, nn.Conv2d):
     pass
 
@@ -185,13 +197,22 @@ class SparseInstanceNorm2d(SparseInstanceNorm, nn.InstanceNorm2d):
 
 
 class SparseLayerNorm(MaskedOutput, nn.LayerNorm):
-    """nn.LayerNorm on a channels-last map (torchvision ConvNeXt blocks): per position, so the
-    dense result at visible positions is the sparse one; masked positions are reset to 0."""
+    """nn.LayerNorm on a channels-last map (torchvision ConvNeXt blocks), or a channels-first
+    ``LayerNorm2d``: per position, so the dense result at visible positions is the sparse
+    one; masked positions are reset to 0."""
 
 
 class SparseLinear(MaskedOutput, nn.Linear):
     """nn.Linear on a channels-last map (ConvNeXt's pointwise MLP); its bias is undone at
     masked positions."""
+
+
+class SparseElementwise(MaskedOutput, nn.Module):
+    """An elementwise layer with f(0) != 0 (Sigmoid, a user's activation given as
+    ``elementwise``): computed densely, masked positions reset to 0."""
+
+    def extra_repr(self) -> str:
+        return self.sparse_dense_cls.__name__
 
 
 class SparseAdaptiveAvgPool2d(SparseGlobalAvgPool, nn.AdaptiveAvgPool2d):
@@ -202,48 +223,45 @@ class SparseAdaptiveMaxPool2d(SparseGlobalMaxPool, nn.AdaptiveMaxPool2d):
     pass
 
 
-_NAMED = {
-    (SparseWindowed, nn.Conv2d): SparseConv2d,
-    (SparseWindowed, nn.MaxPool2d): SparseMaxPool2d,
-    (SparseWindowed, nn.AvgPool2d): SparseAvgPool2d,
-    (SparseBatchNorm, nn.BatchNorm2d): SparseBatchNorm2d,
-    (SparseBatchNorm, nn.SyncBatchNorm): SparseSyncBatchNorm,
-    (SparseGroupNorm, nn.GroupNorm): SparseGroupNorm2d,
-    (SparseInstanceNorm, nn.InstanceNorm2d): SparseInstanceNorm2d,
-    (MaskedOutput, nn.LayerNorm): SparseLayerNorm,
-    (MaskedOutput, nn.Linear): SparseLinear,
-    (SparseGlobalAvgPool, nn.AdaptiveAvgPool2d): SparseAdaptiveAvgPool2d,
-    (SparseGlobalMaxPool, nn.AdaptiveMaxPool2d): SparseAdaptiveMaxPool2d,
+class SparseSqueezeExcitation2d(SparseSqueezeExcitation, SqueezeExcitation):
+    pass
+
+
+# mixin -> ((dense base, sparse class), ...): the first base the dense class derives from wins
+_CLASSES: dict[type, tuple[tuple[type, type], ...]] = {
+    SparseWindowed: ((nn.Conv2d, SparseConv2d), (nn.MaxPool2d, SparseMaxPool2d), (nn.AvgPool2d, SparseAvgPool2d)),
+    SparseBatchNorm: ((nn.BatchNorm2d, SparseBatchNorm2d), (nn.SyncBatchNorm, SparseSyncBatchNorm)),
+    SparseGroupNorm: ((nn.GroupNorm, SparseGroupNorm2d),),
+    SparseInstanceNorm: ((nn.InstanceNorm2d, SparseInstanceNorm2d),),
+    SparseGlobalAvgPool: ((nn.AdaptiveAvgPool2d, SparseAdaptiveAvgPool2d),),
+    SparseGlobalMaxPool: ((nn.AdaptiveMaxPool2d, SparseAdaptiveMaxPool2d),),
+    SparseSqueezeExcitation: ((SqueezeExcitation, SparseSqueezeExcitation2d),),
+    MaskedOutput: ((nn.LayerNorm, SparseLayerNorm), (nn.Linear, SparseLinear), (nn.Module, SparseElementwise)),
 }
-_MADE: dict[tuple[type, type], type] = {}
 
 
 def sparse_class(mixin: type, dense_cls: type) -> type:
-    """``class Sparse<Dense>(mixin, dense_cls)``: named for common layers, made once otherwise."""
-    key = (mixin, dense_cls)
-    if key in _NAMED:
-        return _NAMED[key]
-    if key not in _MADE:
-        name = f"Sparse{dense_cls.__name__}"
-        while name in globals():  # e.g. torchvision's and timm's LayerNorm2d
-            name += "_"
-        cls = type(name, (mixin, dense_cls), {"__module__": __name__, "__qualname__": name})
-        globals()[name] = _MADE[key] = cls  # importable by name, so whole-module pickling works
-    return _MADE[key]
+    """The sparse class (defined above) for a dense layer class and its sparse behaviour."""
+    for base, cls in _CLASSES.get(mixin, ()):
+        if issubclass(dense_cls, base):
+            return cls
+    raise EncoderError(f"no sparse {mixin.__name__} layer for {dense_cls.__module__}.{dense_cls.__name__}")
 
 
-def dense_class(sparse_cls: type) -> type:
-    """The dense layer class a sparse class was made from (its last base)."""
-    return sparse_cls.__bases__[-1]
+def dense_class(layer: SparseLayer) -> type:
+    """The class of the dense layer a sparse layer was made from."""
+    return layer.sparse_dense_cls
 
 
 def sparsify(module: nn.Module, mixin: type, ctx: MaskContext, name: str, *,
              channels_last: bool = False, **attrs) -> nn.Module:
-    """A sparse instance of ``module``'s class sharing its parameters, buffers and children."""
+    """A sparse instance for ``module`` sharing its parameters, buffers and children; its dense
+    computation is ``module``'s own ``forward``."""
     cls = sparse_class(mixin, type(module))
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
     new.sparse_ctx, new.sparse_name, new.sparse_channels_last = ctx, name, channels_last
+    new.sparse_dense_cls, new.sparse_dense_forward = type(module), module.forward
     for k, v in attrs.items():
         setattr(new, k, v)
     return new

@@ -61,7 +61,7 @@ def windowed_layers(view) -> dict[str, nn.Module]:
 def kernel_for(name: str, layer: nn.Module):
     """(kernel, reason): the backend's kernel for ``layer``, or (None, why not)."""
     module = load_backend(name)
-    dense_cls = L.dense_class(type(layer))
+    dense_cls = L.dense_class(layer)
     kernel = module.IMPLEMENTS.get(dense_cls)
     if kernel is None:
         return None, f"{name} has no {dense_cls.__name__}"
@@ -79,7 +79,7 @@ def assign(view, choices: dict[str, str]) -> dict[str, str]:
             kernel, reason = kernel_for(name, layer)
         if name != "masked" and kernel is None:
             log.info("sparse backend %s: %s (%s) falls back to masked: %s", name, path,
-                     L.dense_class(type(layer)).__name__, reason)
+                     L.dense_class(layer).__name__, reason)
             name, kernel = "masked", None
         layer.sparse_backend, layer.sparse_kernel = name, kernel
         used[path] = name

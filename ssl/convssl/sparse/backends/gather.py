@@ -49,7 +49,7 @@ def _tiled(op, fill: float):
         grid = tuple(ctx.mask_B1hw.shape[-2:])
         geo = _geometry(layer, x_BChw.shape[-2:], mask_out_B1hw.shape[-2:], grid)
         if geo is None:  # not block-aligned at this size: the reference computation
-            y = L.dense_class(type(layer)).forward(layer, x_BChw)
+            y = layer.dense_forward(x_BChw)
             return y * mask_out_B1hw.to(y.dtype)
         (bi_h, bo_h, t_h, pt, pb), (bi_w, bo_w, t_w, pl, pr) = geo
         b, gy, gx = _visible_blocks(ctx)
