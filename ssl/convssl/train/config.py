@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from convssl.config import at_least, between
@@ -17,6 +17,9 @@ class OptimConfig:
         weight_decay_end None keeps it constant. Biases and norm parameters get none.
     warmup_epochs: linear warm-up from 0; then cosine to min_lr_ratio * peak.
     clip_grad: max global gradient norm (0 = off).
+    short_budget: optimizer keys that replace these when ``--budget`` decides a run shorter
+        than ``below_epochs`` epochs (``warmup_fraction``: warm-up as a fraction of that run);
+        ``convssl.train.short_budget``. Empty = always these settings.
     """
 
     name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
@@ -31,6 +34,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
     clip_grad: float = 0.0
+    short_budget: dict = field(default_factory=dict)
 
     def __post_init__(self):
         at_least("lr_per_256", self.lr_per_256, 0)
@@ -45,6 +49,9 @@ class OptimConfig:
         at_least("warmup_epochs", self.warmup_epochs, 0)
         between("min_lr_ratio", self.min_lr_ratio, 0, 1)
         at_least("clip_grad (0 = off)", self.clip_grad, 0)
+        from convssl.train.short_budget import check
+
+        check(self)
 
 
 @dataclass(frozen=True, kw_only=True)
