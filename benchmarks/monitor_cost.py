@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # custom_nets
 
 from convssl.recipe import recipe_from_dict  # noqa: E402
-from convssl.train.trainer import pretrain  # noqa: E402
+from convssl import pretrain  # noqa: E402  (the public API: monitor=SHARDS is the online monitor)
 
 
 def main() -> None:

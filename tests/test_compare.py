@@ -10,7 +10,7 @@ from convssl.cli import main
 from convssl.eval.compare import compare_runs
 from convssl.eval.probe import probe_checkpoint
 from convssl.recipe import recipe_from_dict
-from convssl.train.trainer import pretrain
+from convssl import pretrain  # the public API: monitor=SHARDS is its online monitor callback
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "fmnist"

@@ -47,9 +47,9 @@ from convssl.recipe import recipe_from_dict
 from convssl.tasks.registry import TASKS, build_task
 from convssl.sparse.backends import windowed_layers
 from convssl.train.finite import StepGuard, finite_step
-from convssl.train.monitor import Monitor
+from convssl.eval.monitor import Monitor
 from convssl.train.optim import build_optimizer
-from convssl.train.trainer import _to_device
+from convssl.train.batches import to_device as _to_device
 
 try:
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily

@@ -250,7 +250,7 @@ def test_monitor_reports_the_knn_interval_and_its_gain_over_random_init():
     from convssl.data.config import DataConfig
     from convssl.encoders import EncoderConfig
     from convssl.eval.baselines import random_init
-    from convssl.train.monitor import Monitor
+    from convssl.eval.monitor import Monitor
 
     monitor = Monitor(str(FMNIST / "train"), DataConfig(size=16, channels=1, mean=(0.286,), std=(0.353,)),
                       samples=200, probe_epochs=1, seed=3)

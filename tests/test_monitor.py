@@ -15,8 +15,8 @@ from convssl.encoders import EncoderConfig, build_encoder
 from convssl.recipe import recipe_from_dict
 from convssl.tasks.registry import build_task
 from convssl import checkpoint as ckpt_io
-from convssl.train.monitor import Monitor, effective_rank, normalized_std
-from convssl.train.trainer import pretrain
+from convssl import pretrain  # the public API: monitor=SHARDS is its online monitor callback
+from convssl.eval.monitor import Monitor, effective_rank, normalized_std
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELED = str(ROOT / "data" / "fmnist" / "train")

@@ -20,7 +20,7 @@ from convssl.config import load_yaml
 from convssl.recipe import load_recipe
 from convssl.tasks.registry import TASKS
 from convssl import checkpoint as ckpt_io
-from convssl.train.trainer import pretrain
+from convssl import pretrain  # the public API: monitor=SHARDS is its online monitor callback
 
 ROOT = Path(__file__).resolve().parents[1]
 UNLABELED = str(ROOT / "data" / "fmnist" / "unlabeled")

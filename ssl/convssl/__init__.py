@@ -66,15 +66,19 @@ def build_encoder(config, **overrides):
     return _build(config, **overrides)
 
 
-def pretrain(recipe, data, out, **kwargs) -> dict:
+def pretrain(recipe, data, out, *, monitor=None, callbacks=(), **kwargs) -> dict:
     """Pretrain ``recipe`` (a ``Recipe`` or a YAML path) on shards ``data`` into run folder
     ``out``; keyword arguments as ``convssl.train.trainer.pretrain`` (``resume``, ``device``,
-    ``progress``, ``stop_after``). Returns the run summary, ``checkpoint`` included."""
+    ``progress``, ``stop_after``, ``callbacks``). ``monitor`` (labeled shards): the online
+    probe, kNN and collapse check every ``train.monitor_every`` steps, as ``--monitor``.
+    Returns the run summary, ``checkpoint`` included (and ``monitor``, its last verdict)."""
+    from convssl.eval.monitor import monitor_callbacks
     from convssl.train.trainer import pretrain as _pretrain
 
     if not hasattr(recipe, "task"):
         recipe = load_recipe(recipe)
-    return _pretrain(recipe, data, out, **kwargs)
+    callbacks = [callbacks] if hasattr(callbacks, "on_step") else list(callbacks)
+    return _pretrain(recipe, data, out, callbacks=callbacks + monitor_callbacks(monitor, recipe), **kwargs)
 
 
 def probe(checkpoint, train, val, out, baselines=(), **kwargs) -> dict:

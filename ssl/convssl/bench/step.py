@@ -6,8 +6,9 @@
 For every variant (the product of the lists given) it builds the task from the recipe
 through the registry, feeds it batches cut by the task's own loader transform from
 synthetic uint8 images (made before timing, so the figure is the step's, not the
-loader's), and times warm-up-free steps as the trainer runs them: autocast forward,
-backward, gradient clipping, optimizer step, ``after_step``. In the same run it times a
+loader's), and times warm-up-free steps as the trainer takes them (the loop's own
+``train_step``: autocast forward, backward, gradient clipping, the finiteness check,
+optimizer step, ``after_step``). In the same run it times a
 plain supervised step (the same encoder config, batch and input size, a linear
 classifier on the pooled last stage, cross-entropy, the recipe's optimizer): the
 practical ceiling. Both steps' FLOPs are counted once with ``torch.utils.flop_counter``
@@ -158,7 +159,9 @@ def measure(recipe, variant: Variant, device: torch.device, *, steps: int, warmu
     the supervised ceiling at that batch size."""
     from convssl.encoders import build_encoder
     from convssl.tasks.registry import build_task
+    from convssl.train.batches import to_device
     from convssl.train.optim import build_optimizer
+    from convssl.train.step import LoopState, train_step
 
     torch.manual_seed(recipe.train.seed)
     encoder = build_encoder(recipe.encoder)
@@ -171,28 +174,20 @@ def measure(recipe, variant: Variant, device: torch.device, *, steps: int, warmu
     if variant.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe.optim, recipe.optim.lr_per_256 * batch_size / 256)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     batches = _batches(model, recipe, device, count=2, batch_size=batch_size, supervised=bool(supervised))
     compiled = torch.compile(model) if variant.compile else model
     amp = _dtype(variant.precision)
-    clip = recipe.optim.clip_grad
+    state = LoopState(model=compiled, task=model, optimizer=optimizer, device=device,
+                      scaler=torch.amp.GradScaler(device.type, enabled=False),
+                      amp_dtype=None if amp is torch.float32 else amp, clip_grad=recipe.optim.clip_grad,
+                      total_steps=1000)
 
     def one_step(index: int, times: dict[str, float] | None, step_fn=compiled) -> None:
         clock = _Clock(device)
-        batch = _to_device(batches[index % len(batches)], device, variant.channels_last)
+        batch = to_device(batches[index % len(batches)], device, variant.channels_last)
         clock.lap("data", times)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not torch.float32):
-            out = step_fn(batch)
-        clock.lap("forward", times)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        clock.lap("backward", times)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, clip)
-        optimizer.step()
-        if hasattr(model, "after_step"):
-            model.after_step(index, 1000)
-        clock.lap("optimizer", times)
+        state.model, state.step = step_fn, index
+        train_step(state, batch, lap=lambda name: clock.lap(name, times))
 
     model.train()
     for i in range(warmup):
@@ -223,6 +218,9 @@ class Supervised(nn.Module):
         logits = self.head(F.adaptive_avg_pool2d(self.encoder(x_BCHW)[-1], 1).flatten(1))
         return {"loss": F.cross_entropy(logits.float(), batch["cls"])}
 
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Nothing to update after a step (``train_step`` calls it on every task)."""
+
 
 def _batches(model, recipe, device, *, count: int, batch_size: int, supervised: bool) -> list[dict]:
     """``count`` batches of synthetic uint8 images (data.size / 0.875 square, data.channels)
@@ -252,17 +250,6 @@ def _sample_transform(model, recipe, supervised: bool):
     from convssl.views.crop_views import crop_views
 
     return crop_views(recipe.data) if supervised else model.loader_transform()
-
-
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    def move(x):
-        if torch.is_tensor(x):
-            x = x.to(device, non_blocking=True)
-            return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-        if isinstance(x, list) and x and torch.is_tensor(x[0]):
-            return [move(v) for v in x]
-        return x
-    return {k: move(v) for k, v in batch.items()}
 
 
 class _Clock:

@@ -41,6 +41,7 @@ def _resume_mode(value: str) -> str:
 
 
 def run(args) -> int:
+    from convssl.eval.monitor import monitor_callbacks
     from convssl.train.trainer import pretrain
 
     overrides = list(args.overrides)
@@ -60,7 +61,8 @@ def run(args) -> int:
         overrides.append(f"encoder.init={args.init}")
     recipe = load_recipe(args.recipe, overrides)
     summary = pretrain(recipe, args.data, args.out, resume=args.resume, device=args.device,
-                       progress=not args.quiet, stop_after=args.stop_after, monitor=args.monitor)
+                       progress=not args.quiet, stop_after=args.stop_after,
+                       callbacks=monitor_callbacks(args.monitor, recipe))
     from convssl import dist
 
     if dist.from_env().is_main:

@@ -1,6 +1,7 @@
 """Online monitoring during pretraining: a linear probe, a kNN score and a collapse check.
 
-Every ``train.monitor_every`` steps (``convssl pretrain --monitor SHARDS``) the encoder's
+Every ``train.monitor_every`` steps (``convssl pretrain --monitor SHARDS``; a training-loop
+callback, ``MonitorCallback``, that the command hands to ``pretrain``) the encoder's
 globally pooled last-stage features of a fixed labeled sample (read once, the first
 ``samples`` images of the monitor shards, split 80% fit / 20% scored at random with a
 fixed seed) are taken
@@ -40,11 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from convssl.views.normalize import normalize
+from convssl import dist as cdist
 from convssl.errors import DataError
 from convssl.eval.features import labeled_batches
 from convssl.eval.bootstrap import accuracy_intervals, paired_differences
 from convssl.eval.knn import knn_correct
 from convssl.eval.verdict import classify, format_difference, format_interval
+from convssl.train.callbacks import due
 
 KNN_K, KNN_T = 20, 0.07
 COLLAPSE_STD = 0.01    # normalised std x sqrt(D): 0 collapsed; random convnets give 0.08 (BN) to 0.2 (GN)
@@ -184,3 +187,33 @@ class Monitor:
                     self.optimizer.step()
         with torch.no_grad():
             return float((self.probe(held_ND).argmax(1) == y_held).float().mean())
+
+
+class MonitorCallback:
+    """The online monitor as a training-loop callback (``convssl.train.callbacks``): on the
+    main rank, every ``every`` steps and at the run's last step, it scores the task's
+    encoder (``Monitor.evaluate``); the run's summary gets its last verdict line."""
+
+    def __init__(self, spec: str, data, *, every: int, seed: int = 0, **monitor_kwargs):
+        # read on the main rank only, before training starts: bad shards fail first
+        self.monitor = Monitor(spec, data, seed=seed, **monitor_kwargs) if cdist.from_env().is_main else None
+        self.every = every
+        self.note: str | None = None
+
+    def on_step(self, step: int, total_steps: int, task) -> dict[str, float]:
+        if self.monitor is None or not due(step, self.every, total_steps):
+            return {}
+        scores = self.monitor.evaluate(task.export_encoder())
+        self.note = self.monitor.note
+        return scores
+
+    def on_end(self) -> dict:
+        """``{"monitor": the last check's line}``: kNN with its interval, gain over random init, verdict."""
+        return {"monitor": self.monitor.summary or None} if self.monitor is not None else {}
+
+
+def monitor_callbacks(spec: str | None, recipe) -> list[MonitorCallback]:
+    """The callbacks ``pretrain`` gets for ``--monitor SPEC`` (none without it)."""
+    if spec is None:
+        return []
+    return [MonitorCallback(spec, recipe.data, every=recipe.train.monitor_every, seed=recipe.train.seed)]
