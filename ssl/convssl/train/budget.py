@@ -30,6 +30,7 @@ import torch
 
 from convssl import dist as cdist
 from convssl.errors import ConfigError
+from convssl.train import short_budget
 from convssl.train.state import rng_state, set_rng_state
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -62,7 +63,10 @@ def resumed(recipe, state: dict):
     checkpoint's ``train.max_steps`` is the decision."""
     saved = (state.get("config") or {}).get("train", {})
     if recipe.train.budget and not recipe.train.max_steps and saved.get("budget") == recipe.train.budget:
-        return replace(recipe, train=replace(recipe.train, max_steps=int(saved["max_steps"])))
+        recipe = replace(recipe, train=replace(recipe.train, max_steps=int(saved["max_steps"])))
+        short = (state.get("budget") or {}).get("short_budget")
+        if short:  # the decided run took the recipe's short-budget optimizer settings: take them again
+            recipe = replace(recipe, optim=short_budget.short_optim(recipe.optim, short["run_epochs"]))
     return recipe
 
 
@@ -105,10 +109,16 @@ def fit(recipe, plan_for, batches, *, model, task, optimizer, scaler, amp_dtype,
     if "error" in decision:
         raise ConfigError(decision["error"])
     recipe = replace(recipe, train=replace(recipe.train, max_steps=decision["total_steps"]))
+    if "short_budget" in decision:
+        recipe = replace(recipe, optim=short_budget.short_optim(recipe.optim, decision["short_budget"]["run_epochs"]))
     plan = replace(plan_for(recipe), budget=decision)
     if info.is_main:
         print(f"budget {recipe.train.budget}: {plan.total_steps} steps at {decision['seconds_per_step']:.3g} s/step "
               f"measured over {count} steps, warm-up {plan.warmup_steps} steps", flush=True)
+        if "short_budget" in decision:
+            print(f"budget {recipe.train.budget}: a run of {decision['short_budget']['run_epochs']:.3g} epochs, under "
+                  f"optim.short_budget.below_epochs: optimizer settings {decision['short_budget']['settings']} "
+                  "(the recipe's short-budget choice) replace the recipe's", flush=True)
     return recipe, plan, itertools.chain(used, batches)
 
 
@@ -128,11 +138,18 @@ def _decide(recipe, plan_for, budget_s: float, elapsed: float, per_step: float, 
     total = int(SAFETY * left / per_step) if left > 0 else 0
     record = {"budget": recipe.train.budget, "seconds": budget_s, "seconds_per_step": per_step,
               "measured_steps": measured, "timing_seconds": elapsed, "total_steps": total}
-    warmup = plan_for(replace(recipe, train=replace(recipe.train, max_steps=max(total, 1)))).warmup_steps
+    decided = replace(recipe, train=replace(recipe.train, max_steps=max(total, 1)))
+    run_epochs = max(total, 1) / plan_for(decided).steps_per_epoch
+    if short_budget.applies(recipe.optim, run_epochs):
+        decided = replace(decided, optim=short_budget.short_optim(recipe.optim, run_epochs))
+        record["short_budget"] = {"run_epochs": run_epochs, "settings": {
+            k: getattr(decided.optim, k) for k in sorted(recipe.optim.short_budget) if k != "below_epochs"
+            and k != "warmup_fraction"} | {"warmup_epochs": decided.optim.warmup_epochs}}
+    warmup = plan_for(decided).warmup_steps
     need = max(warmup, 1)
     if total < need:
         minimum = format_seconds(elapsed + need * per_step / SAFETY)
-        what = (f"the warm-up (optim.warmup_epochs {recipe.optim.warmup_epochs:g} = {warmup} steps)" if warmup
+        what = (f"the warm-up (optim.warmup_epochs {decided.optim.warmup_epochs:g} = {warmup} steps)" if warmup
                 else "one step")
         return {"error": f"budget {recipe.train.budget} is too small for {what} at {per_step:.3g} s/step "
                          f"(measured over {measured} steps, {elapsed:.1f} s of timing): give at least --budget "

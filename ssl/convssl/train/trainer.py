@@ -86,7 +86,7 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
                       callbacks: list[Callback]) -> dict:
     """``pretrain`` once rank 0 holds the run directory and the start is decided."""
     if state is not None:
-        recipe = budget_fit.resumed(merge_resumed_recipe(state, recipe, info), state)
+        recipe = merge_resumed_recipe(state, budget_fit.resumed(recipe, state), info)
     fitting = budget_fit.needs_fitting(recipe, state)  # the step count is decided after timed steps
     if state is None and recipe.train.budget and not fitting:
         warn(info, f"train.budget {recipe.train.budget} with train.max_steps {recipe.train.max_steps}: the steps are "
@@ -112,7 +112,7 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
     if recipe.train.channels_last:
         task.to(memory_format=torch.channels_last)
 
-    optimizer = build_optimizer(task, recipe.optim, plan.peak_lr)
+    optimizer, optimizer_settings = build_optimizer(task, recipe.optim, plan.peak_lr), recipe.optim
     amp_dtype = autocast_dtype(recipe.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
     step = 0
@@ -153,6 +153,8 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
                 recipe, lambda r: make_plan(r, manifest, info.world_size), batches, model=model, task=task,
                 optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, device=dev, info=info,
                 to_device=lambda b: to_device(b, dev, recipe.train.channels_last))
+            if recipe.optim != optimizer_settings:  # the recipe's optim.short_budget (convssl.train.short_budget)
+                optimizer = build_optimizer(task, recipe.optim, plan.peak_lr)
             warn_about_plan(recipe.optim, plan, info)
             bar.total, bar.t0 = plan.total_steps, time.perf_counter()
         if info.is_main:
