@@ -46,7 +46,8 @@ class SimCLR(TaskBase):
             SimCLR v1 (3 in v2).
         proj_batch_norm: BN after hidden layers (as the official code); proj_last_bn on the output.
         augment_on: ``device`` (batched here; the default) or ``worker`` (per sample in the
-            loader workers, torchvision v2). Measured by benchmarks/augment_placement.py on the
+            loader workers, ``PhotometricView``). Measured (with the earlier torchvision v2
+            worker) by benchmarks/augment_placement.py on the
             2-core dev CPU, one thread each: device 26.9k vs worker 4.6k images/s at 32 px gray
             (5.8x), 71 vs 27 images/s at 224 px RGB with blur (2.7x). A CPU-only run where the
             training process is already busy may still prefer ``worker`` (it runs in parallel

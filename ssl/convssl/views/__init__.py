@@ -4,7 +4,8 @@ Sample transforms ``(img_uint8_CHW, torch.Generator) -> dict`` run in the loader
 workers and draw every random choice from the sample's own generator, so a sample's
 views are fixed by (seed, epoch, position) and a resumed run reproduces them:
 ``crops`` (random resized and centre crops), ``crop_views`` (several crops of one image,
-``CropViews``; ``Named`` for evaluation), ``grid`` (a 3x3 grid of jittered patches),
+``CropViews``; ``Named`` for evaluation), ``multicrop`` (global and local crops of two
+sizes, SwAV/DINO), ``grid`` (a 3x3 grid of jittered patches),
 ``context_patches`` (context prediction's centre and neighbours), ``jigsaw_tiles``
 (shuffled tiles), ``patch_shortcuts`` (the patch tasks' countermeasures).
 Photometric augmentation: ``photometric`` (batched on the device, or one view at a time
