@@ -52,14 +52,13 @@ def sysconfig_stdlib():
 def test_every_bundled_recipe_is_valid():
     from convssl.recipe import load_recipe
 
-    from convssl.config import from_dict, load_yaml
-    from convssl.eval.finetune_config import FinetuneConfig
+    from convssl.finetune.config import load_finetune_recipe
 
     recipes = sorted((ROOT / "recipes").glob("*.yaml"))
     assert len(recipes) >= 9
     for path in recipes:
         if path.name.startswith("finetune_"):  # a fine-tuning recipe: convssl finetune --recipe
-            from_dict(FinetuneConfig, load_yaml(path), path="finetune")
+            load_finetune_recipe(path)
             continue
         recipe = load_recipe(path)
         assert recipe.encoder.input_size == recipe.data.size, path.name

@@ -17,8 +17,8 @@ from convssl.config import to_dict
 from convssl.data.reader import ShardDataset
 from convssl.encoders import EncoderConfig, build_encoder
 from convssl.eval import label_subset
-from convssl.eval.finetune import finetune
-from convssl.eval.finetune_config import FinetuneConfig
+from convssl.finetune import finetune
+from convssl.finetune.config import FinetuneRecipe, finetune_recipe
 from convssl.eval.layer_decay import layer_decay_groups
 from convssl import checkpoint as ckpt_io
 from convssl.train.state import seed_all
@@ -65,10 +65,12 @@ def val(tmp_path_factory) -> str:
     return str(out)
 
 
-def small(**kw) -> FinetuneConfig:
-    base = dict(batch_size=8, workers=2, shuffle_buffer=32, max_steps=4, scale=(0.5, 1.0), lr_per_256=0.05,
-                log_every=1, ckpt_every=0, channels_last=False, warmup=0.25)
-    return FinetuneConfig(**{**base, **kw})
+def small(**train) -> FinetuneRecipe:
+    # warm-up: a quarter of the run's steps, in epochs of the 100-label subset (12 steps of 8)
+    return finetune_recipe({"data": {"batch_size": 8, "workers": 2, "shuffle_buffer": 32, "scale": (0.5, 1.0),
+                                     "label_fraction": 0.1},
+                            "optim": {"lr_per_256": 0.05, "warmup_epochs": 0.25 * train["max_steps"] / 12},
+                            "train": {"log_every": 1, "ckpt_every": 0, "channels_last": False, **train}})
 
 
 def params_of(state: dict, model_sd: dict) -> dict:
@@ -122,8 +124,8 @@ def test_cli_starts_from_the_checkpoint_and_the_baseline_from_random_init(source
     out = tmp_path / "ft"
     assert main(["finetune", "--ckpt", str(source_ckpt.parent.parent), *TRUST, "--train", TRAIN, "--val", val,
                  "--out", str(out), "--label-fraction", "0.1", "--baseline", "--max-steps", "1", "--quiet",
-                 "--set", "lr_per_256=0", "--set", "batch_size=8", "--set", "workers=0",
-                 "--set", "channels_last=false"]) == 0
+                 "--set", "optim.lr_per_256=0", "--set", "data.batch_size=8", "--set", "data.workers=0",
+                 "--set", "train.channels_last=false"]) == 0
     printed = capsys.readouterr().out
     assert "| labels | pretrained top-1 [95% CI] | random init top-1 [95% CI] | gain [95% CI, paired] |" in printed
     source = ckpt_io.load(source_ckpt)["encoder"]
@@ -150,7 +152,7 @@ def test_cli_starts_from_the_checkpoint_and_the_baseline_from_random_init(source
 
 
 def test_resume_equals_a_straight_run_and_weights_move(source_ckpt, val, tmp_path):
-    cfg = small(label_fraction=0.1, max_steps=6)
+    cfg = small(max_steps=6)
     straight = finetune(source_ckpt, TRAIN, val, tmp_path / "straight", cfg, progress=False, trust=[ENC.spec])
     assert finetune(source_ckpt, TRAIN, val, tmp_path / "split", cfg, progress=False, stop_after=3, trust=[ENC.spec]) == {"finished": False}
     assert ckpt_io.load(tmp_path / "split")["step"] == 3
@@ -186,7 +188,8 @@ def test_two_torchrun_ranks_fine_tune_together(source_ckpt, val, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
            "-m", "convssl", "finetune", "--ckpt", str(source_ckpt), *TRUST, "--train", TRAIN, "--val", val,
            "--out", str(tmp_path / "ddp"), "--label-fraction", "0.1", "--max-steps", "2", "--quiet",
-           "--set", "batch_size=8", "--set", "workers=1", "--set", "channels_last=false", "--device", "cpu"]
+           "--set", "data.batch_size=8", "--set", "data.workers=1", "--set", "train.channels_last=false",
+           "--device", "cpu"]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = ckpt_io.load(tmp_path / "ddp")

@@ -33,9 +33,9 @@ def add_arguments(parser) -> None:
                              "(OUT/label_seeds.md); default 1: one draw, in OUT")
     parser.add_argument("--baseline", action="store_true",
                         help="also fine-tune the same architecture from random init into OUT/baseline and compare")
-    parser.add_argument("--recipe", default=None, help="a YAML file of fine-tuning settings (see recipes/finetune_*.yaml)")
+    parser.add_argument("--recipe", default=None, help="a fine-tuning recipe (see recipes/finetune_*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set lr_per_256=0.002 (repeatable)")
+                        help="override a recipe key, e.g. --set optim.lr_per_256=0.002 (repeatable)")
     parser.add_argument("--epochs", type=float, default=None, help="passes over the label subset")
     parser.add_argument("--max-steps", type=int, default=None, help="steps (wins over --epochs)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
@@ -47,20 +47,18 @@ def add_arguments(parser) -> None:
 
 
 def load_settings(recipe: str | None, overrides: list[str]):
-    """The FinetuneConfig from an optional YAML file and ``key=value`` overrides."""
-    from convssl.config import apply_overrides, from_dict, load_yaml
-    from convssl.eval.finetune_config import FinetuneConfig
+    """The ``FinetuneRecipe`` from an optional YAML file and ``section.key=value`` overrides."""
+    from convssl.finetune.config import load_finetune_recipe
 
-    raw = load_yaml(recipe) if recipe else {}
-    return from_dict(FinetuneConfig, apply_overrides(raw, overrides), path="finetune")
+    return load_finetune_recipe(recipe, overrides)
 
 
 def run(args) -> int:
     from convssl import dist
 
     overrides = list(args.overrides)
-    for key, value in (("label_fraction", args.label_fraction), ("label_seed", args.label_seed),
-                       ("epochs", args.epochs), ("max_steps", args.max_steps)):
+    for key, value in (("data.label_fraction", args.label_fraction), ("data.label_seed", args.label_seed),
+                       ("train.epochs", args.epochs), ("train.max_steps", args.max_steps)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.label_seeds < 1:
@@ -75,18 +73,18 @@ def run(args) -> int:
             runs = [("pretrained", out)] + ([("random", out / "baseline")] if args.baseline else [])
             return _run_all(args, cfg, out, runs, main)[0]
         draws = []
-        for seed in range(cfg.label_seed, cfg.label_seed + args.label_seeds):
-            seed_cfg = load_settings(args.recipe, overrides + [f"label_seed={seed}"])
+        for seed in range(cfg.data.label_seed, cfg.data.label_seed + args.label_seeds):
+            seed_cfg = load_settings(args.recipe, overrides + [f"data.label_seed={seed}"])
             seed_out = out / f"label-seed-{seed}"
             runs = [("pretrained", seed_out)] + ([("random", seed_out / "baseline")] if args.baseline else [])
             if main:
-                print(f"label draw {seed - cfg.label_seed + 1}/{args.label_seeds} (label seed {seed}) -> {seed_out}")
+                print(f"label draw {seed - cfg.data.label_seed + 1}/{args.label_seeds} (label seed {seed}) -> {seed_out}")
             code, reports = _run_all(args, seed_cfg, seed_out, runs, main)
             if code or not all(r.get("finished") for r in reports.values()):
                 return code
             draws.append(reports)
         if main:
-            from convssl.eval.finetune_report import write_label_seeds
+            from convssl.finetune.report import write_label_seeds
 
             print(write_label_seeds(draws, out)["md"].read_text())
         return 0
@@ -99,9 +97,9 @@ def run(args) -> int:
 
 def _run_all(args, cfg, out: Path, runs, main: bool) -> tuple[int, dict]:
     """Fine-tune each of ``runs`` (``(init, run_dir)``) on one label subset; ``(exit code, reports)``."""
-    from convssl.eval.finetune import finetune
-    from convssl.eval.finetune_report import write_comparison
     from convssl import checkpoint as ckpt_io
+    from convssl.finetune.report import write_comparison
+    from convssl.finetune.run import finetune
 
     reports = {}
     for init, run_dir in runs:
