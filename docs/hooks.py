@@ -55,7 +55,19 @@ def _generated_method(name: str) -> str:
     summary = (inspect.getdoc(cls) or name).splitlines()[0]
     return "\n".join([f"# {cls.__name__}", "", f"*{summary}*", "",
                       "This page is generated from the task's docstrings (no hand-written page yet).", "",
-                      "```text", module_doc, "```", "", "## Keys", "", KEYS, "", "## Recipes", "", RECIPES, ""])
+                      _as_markdown(module_doc), "", "## Keys", "", KEYS, "", "## Recipes", "", RECIPES, ""])
+
+
+def _as_markdown(docstring: str) -> str:
+    """A module docstring as Markdown: a list that follows a line directly gets the blank
+    line Markdown needs before it; ``code`` spans already read as code."""
+    lines: list[str] = []
+    for line in docstring.splitlines():
+        if line.startswith("- ") and lines and lines[-1].strip() and not lines[-1].lstrip().startswith("- ") \
+                and not lines[-1].startswith("  "):
+            lines.append("")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def on_files(files, config):
