@@ -233,6 +233,12 @@ def test_getting_started_commands_run_at_toy_size(tmp_path):
         line = toy(command)
         result = subprocess.run(shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{line}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    loading = python_blocks(DOCS / "getting-started.md")[0]  # the export loads back into torchvision's model
+    assert "resnet50_rotation.pth" in loading
+    result = subprocess.run([sys.executable, "-c", loading], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['fc.weight', 'fc.bias'] []", result.stdout
     assert "verdict at the best stage" in (tmp_path / "runs" / "quickstart" / "quickstart.md").read_text()
     assert (tmp_path / "shards" / "train" / "manifest.json").is_file()
     report = (tmp_path / "runs" / "rotation" / "probe" / "report.md").read_text()
