@@ -238,6 +238,27 @@ def test_every_new_task_takes_local_crops():
         assert torch.isfinite(task({"img": batch})["loss"]), name
 
 
+def test_simclr_takes_local_crops_and_averages_nt_xent_over_the_pairs():
+    from convssl.encoders import Encoder
+    from convssl.losses.nt_xent import nt_xent
+    from convssl.tasks.registry import TaskSpec, build_task
+
+    script = _load_dist_script()
+    enc = Encoder(script.tiny_convnet(), input_size=16, in_chans=1)
+    section = {"name": "simclr", "augment_on": "worker", "proj_hidden_dim": 32, "proj_out_dim": 8,
+               "proj_batch_norm": False, "temperature": 0.5, "crops": {"local_crops": 2, "local_size": 8}}
+    task = build_task(TaskSpec.from_section(section), enc, DATA)
+    assert task.loader_transform().augment is not None  # the workers' photometric view, after every crop
+    samples = [task.loader_transform()(torch.randint(0, 256, (1, 20, 20), dtype=torch.uint8),
+                                       torch.Generator().manual_seed(i))["img"] for i in range(6)]
+    views = [torch.stack(v) for v in zip(*samples)]
+    assert [v.shape[-1] for v in views] == [16, 16, 8, 8]
+    with torch.no_grad():
+        z = [task.head(task.encoder.pool(task.prepare(v))) for v in views]
+        expected = sum(nt_xent(z[i], z[j], 0.5) for i, j in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3)]) / 5
+    torch.testing.assert_close(task({"img": views})["loss"], expected, rtol=1e-5, atol=1e-6)
+
+
 # ---- 2 gloo ranks at batch B/2 == one process at batch B --------------------------------
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from convssl.views.photometric_config import ColorAugConfig
 from convssl.views.view_augment import ViewAugment
 from convssl.data.config import DataConfig
-from convssl.views.crop_views import crop_views
 from convssl.encoders import Encoder
 from convssl.errors import ConfigError
 from convssl.heads.projection import projection_head
 from convssl.losses.nt_xent import nt_xent_logits
 from convssl.tasks.base import TaskBase
+from convssl.views.multicrop import MultiCropConfig, check_crop_sizes, encode_by_resolution, multi_crop, view_pairs
 
 
 class SimCLR(TaskBase):
@@ -35,6 +35,10 @@ class SimCLR(TaskBase):
     ``batch["img"]`` is a list of two uint8 ``[B, C, H, W]`` views. The two views go
     through the encoder in one forward (one set of BN statistics over 2B images, as the
     paper's global BN sees both views). "loss" is the paper's NT-Xent (mean over anchors).
+    With local crops (``crops``, SwAV's multi-crop, which its appendix also applies to
+    SimCLR) the encoder runs once per resolution group and the loss, accuracy and positive
+    similarity are means over the pairs (global view i, later view j), each pair's
+    NT-Xent with its own 2N candidates.
     """
 
     @dataclass(frozen=True, kw_only=True)
@@ -53,6 +57,8 @@ class SimCLR(TaskBase):
             training process is already busy may still prefer ``worker`` (it runs in parallel
             processes); on a GPU the batched path costs next to nothing.
         augment: photometric strengths, the same for both views.
+        crops: global and local crops (``convssl.views.multicrop.MultiCropConfig``); the
+            default, 2 global crops, is the paper's two views.
         """
 
         temperature: float = 0.1
@@ -64,10 +70,13 @@ class SimCLR(TaskBase):
         augment_on: Literal["device", "worker"] = "device"
         augment: ColorAugConfig = field(default_factory=lambda: ColorAugConfig(
             brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5))
+        crops: MultiCropConfig = field(default_factory=MultiCropConfig)
 
         def __post_init__(self):
             if self.temperature <= 0:
                 raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            if self.crops.views < 2:
+                raise ValueError("simclr needs two views at least (crops)")
 
     @staticmethod
     def check_batch(cfg: SimCLR.Config, global_batch: int, world_size: int) -> None:
@@ -79,6 +88,7 @@ class SimCLR(TaskBase):
     def __init__(self, encoder: Encoder, cfg: SimCLR.Config, data: DataConfig):
         super().__init__()
         self.cfg, self.data = cfg, data
+        check_crop_sizes(cfg.crops, encoder.reductions[-1], "simclr")
         self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
         self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim,
@@ -86,8 +96,8 @@ class SimCLR(TaskBase):
                                     last_bn=cfg.proj_last_bn)
 
     def loader_transform(self):
-        """Two crops per image; with ``augment_on: worker`` also the photometric part."""
-        return crop_views(self.data, views=2, augment=self.views.worker_transform())
+        """The ``crops`` (two by default); with ``augment_on: worker`` also the photometric part."""
+        return multi_crop(self.data, self.cfg.crops, augment=self.views.worker_transform())
 
     def prepare(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 view -> augmented (when on the device), normalized float input."""
@@ -95,15 +105,20 @@ class SimCLR(TaskBase):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["img"]
-        if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ConfigError("simclr expects batch['img'] to be a list of 2 views (loader_transform)")
-        x1, x2 = self.prepare(views[0]), self.prepare(views[1])
-        z_2BD = self.head(self.encoder.pool(torch.cat([x1, x2])))
-        z1, z2 = z_2BD.chunk(2)
-        logits, target = nt_xent_logits(z1, z2, self.cfg.temperature)
-        loss = F.cross_entropy(logits, target)
-        with torch.no_grad():
-            acc = (logits.argmax(dim=1) == target).float().mean()
-            pos_sim = F.cosine_similarity(z1.float(), z2.float(), dim=1).mean()
+        if not isinstance(views, (list, tuple)) or len(views) != self.cfg.crops.views:
+            raise ConfigError(f"simclr expects batch['img'] to be a list of {self.cfg.crops.views} views "
+                              "(loader_transform)")
+        z = encode_by_resolution(self._project, [self.prepare(v) for v in views])
+        pairs = view_pairs(self.cfg.crops)
+        loss, acc, pos_sim = 0.0, 0.0, 0.0
+        for i, j in pairs:
+            logits, target = nt_xent_logits(z[i], z[j], self.cfg.temperature)
+            loss = loss + F.cross_entropy(logits, target)
+            with torch.no_grad():
+                acc = acc + (logits.argmax(dim=1) == target).float().mean()
+                pos_sim = pos_sim + F.cosine_similarity(z[i].float(), z[j].float(), dim=1).mean()
         # per-rank values: the trainer averages logged scalars over ranks when it logs
-        return {"loss": loss, "acc": acc, "pos_sim": pos_sim}
+        return {"loss": loss / len(pairs), "acc": acc / len(pairs), "pos_sim": pos_sim / len(pairs)}
+
+    def _project(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.pool(x_BCHW))

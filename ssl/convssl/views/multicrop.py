@@ -69,6 +69,11 @@ class MultiCrop:
     def __init__(self, global_views: CropViews, local_views: CropViews | None):
         self.global_views, self.local_views = global_views, local_views
 
+    @property
+    def augment(self) -> Callable | None:
+        """The per-view photometric transform the workers apply (None when it runs on the device)."""
+        return self.global_views.augment
+
     def __call__(self, img_CHW: torch.Tensor, generator: torch.Generator) -> dict:
         views = self.global_views(img_CHW, generator)["img"]
         if self.local_views is not None:
