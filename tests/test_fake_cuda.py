@@ -9,7 +9,7 @@ CPU draw compute as they do in a run, and only what reaches the device is fake.
 For every recipe with a task sized for a CPU (<= 64 px: every task of the registry through
 at least one, checked, and the multi-task recipes), built from that recipe with a small
 batch, this runs what the trainer runs per step on a GPU, in its order: the
-task and a batch cut by its own ``loader_transform`` moved as ``trainer._to_device`` moves
+task and a batch cut by its own ``loader_transform`` moved as ``train.batches.to_device`` moves
 it (channels-last as the recipe says), the forward under the recipe's autocast (bf16 on a
 GPU for ``precision: auto``), the optimizer step on gradients shaped as backward leaves
 them, ``after_step`` (momentum encoders, queues), the logged scalars stacked as ``_log``

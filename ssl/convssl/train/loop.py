@@ -58,8 +58,10 @@ def train(state: LoopState, batches: Iterator[dict], *, plan: Plan, optim, train
           to_device: Callable[[dict], dict], checkpointer: Checkpointer, log, bar,
           callbacks: Iterable[Callback] = (), is_main: bool = True) -> dict:
     """Run steps ``state.step`` .. ``end`` (``end`` < ``plan.total_steps`` for a job that
-    stops early with a checkpoint); returns the summary: steps, the last logged metrics,
-    seconds, images/s, skipped steps, the last checkpoint and each callback's ``on_end``."""
+    stops early with a checkpoint); ``state.guard`` counts the non-finite steps (a run of
+    ``train.max_bad_steps`` in a row stops it with a checkpoint of the last finite state).
+    Returns the summary: steps, the last logged metrics, seconds, images/s, skipped steps,
+    the last checkpoint and each callback's ``on_end``."""
     callbacks = list(callbacks)
     window, last_ckpt, last_scalars = Window(), None, {}
     t_start, start_step = time.perf_counter(), state.step

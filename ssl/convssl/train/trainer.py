@@ -40,9 +40,6 @@ from convssl.train.state import seed_all
 from convssl.train.step import LoopState
 from convssl.workers import stop_workers
 
-__all__ = ["pretrain", "Plan", "make_plan"]
-
-
 def pretrain(recipe: Recipe, data: str, out: str | Path, *, resume: bool | str = False,
              device: str | None = None, batches=None, progress: bool = True,
              stop_after: int | None = None, callbacks: Callback | list[Callback] | tuple = ()) -> dict:
