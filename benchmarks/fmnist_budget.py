@@ -5,7 +5,8 @@ unlabeled shards with ``convssl pretrain --budget B`` (its own ``*_small.yaml`` 
 budget picks the recipe's ``optim.short_budget`` settings), beside lightly's SimCLR at the
 same budget and threads as the outside reference (``benchmarks/lightly_simclr_budget.py``,
 its backbone probed through ``--init``), and the same architecture at random init. All are
-probed the same way: every stage, global-pooled, logistic regression fitted on 10,000
+probed the same way: every stage average-pooled to at most 9216 dims (``convssl probe``'s
+default, as Goyal et al. 2019), logistic regression fitted on 10,000
 labeled training images, evaluated on the whole 10,000-image test split, 64 px inputs.
 
 One Markdown table (``OUT/summary.md``, also printed): per row the best stage's linear top-1
@@ -57,10 +58,18 @@ TASKS = {
     "spark": ("spark_resnet18_small.yaml", 96, 64, ["train.image_every=0"]),
     "spark+rotation": ("multi_spark_rotation_small.yaml", 96, 32, ["train.image_every=0"]),
     "simclr+rotation": ("multi_simclr_rotation_small.yaml", 64, 64, []),
+    "byol": ("byol_resnet18_small.yaml", 64, 128, []),
+    "barlow_twins": ("barlow_twins_resnet18_small.yaml", 64, 128, []),
+    "vicreg": ("vicreg_resnet18_small.yaml", 64, 128, []),
+    "dino": ("dino_resnet18_small.yaml", 64, 64, ["task.crops.local_size=40"]),  # 40 px keeps the ImageNet stem's stages
 }
+# Continued pretraining: rotation from lightly's SimCLR backbone (a weight file from another
+# library), at --continued-budget; its verdict is against those starting weights.
+CONTINUED = "rotation continued"
+CONTINUED_RECIPE = ("rotation_resnet18_continued.yaml", 64, 64, [])
 LIGHTLY = "lightly simclr"
 RANDOM = "random init"
-DEFAULT_ORDER = ["simclr", LIGHTLY, *[t for t in TASKS if t != "simclr"]]  # the two SimCLRs share the machine alike
+DEFAULT_ORDER = ["simclr", LIGHTLY, *[t for t in TASKS if t != "simclr"], CONTINUED]  # the SimCLRs side by side
 
 
 def run(cmd: list[str], threads: int, log: Path) -> float:
@@ -101,9 +110,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/fmnist_budget")
     parser.add_argument("--budget", default="10m", help="pretraining budget per run (convssl pretrain --budget)")
+    parser.add_argument("--continued-budget", default="5m", help=f"budget of the {CONTINUED!r} row")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--tasks", nargs="+", default=DEFAULT_ORDER, choices=[*TASKS, LIGHTLY],
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_ORDER, choices=[*TASKS, LIGHTLY, CONTINUED],
                         help="rows to run (default all; convssl's and lightly's SimCLR first, side by side)")
     parser.add_argument("--data", default="runs/fmnist_full",
                         help="folder for the shards: unlabeled/ (60k), train10k/ (labeled), test/ (10k); written if absent")
@@ -144,13 +154,18 @@ def main() -> None:
             probe(name, ["--encoder", "torchvision:resnet18", "--in-chans", "1", "--mean", MEAN, "--std", STD,
                          "--init", str(run_dir / "backbone.pth")])
             return
-        recipe, size, batch, extra = TASKS[name]
+        recipe, size, batch, extra = CONTINUED_RECIPE if name == CONTINUED else TASKS[name]
         if not (run_dir / "config.yaml").exists() or not list((run_dir / "checkpoints").glob("*.pt")):
             sets = [f"encoder.small_input=false", f"encoder.input_size={size}", f"data.size={size}",
                     f"data.batch_size={batch}", "train.ckpt_every=0", "train.log_every=10", *extra]
+            init, length_here = [], list(length)
+            if name == CONTINUED:
+                init = ["--init", str(out / LIGHTLY.replace(" ", "_") / "backbone.pth")]
+                if not args.smoke:
+                    length_here = ["--budget", args.continued_budget]
             run(convssl("pretrain", "--recipe", str(ROOT / "recipes" / recipe), "--data", str(unlabeled),
-                        "--out", str(run_dir), *length, "--quiet", *[x for kv in sets for x in ("--set", kv)]),
-                args.threads, logs / f"{name}.log")
+                        "--out", str(run_dir), *length_here, *init, "--quiet",
+                        *[x for kv in sets for x in ("--set", kv)]), args.threads, logs / f"{name}.log")
         probe(name, ["--ckpt", str(run_dir)])
 
     jobs = [(name, lambda n=name: task(n)) for name in args.tasks] + [(RANDOM, random_init)]
@@ -177,8 +192,8 @@ def summarize(out: Path, args, failed: dict, seconds: float) -> str:
     n = base["heldout"]["count"]
     lines = [
         f"Fashion-MNIST, pretraining budget {args.budget} per run ({args.jobs} runs at once, {args.threads} torch "
-        f"thread(s) each); probe: every stage global-pooled, logistic regression on "
-        f"{base.get('train_count', 'the labeled')} training images, {n} held-out test images, {PROBE_SIZE} px; "
+        f"thread(s) each); probe: every stage average-pooled to <= 9216 dims, logistic regression on "
+        f"{base['counts']['train']:,} training images, {n} held-out test images, {PROBE_SIZE} px; "
         "95% bootstrap intervals; gain = paired difference to random init at the row's best stage.",
         "",
         "| pretraining | train px | best stage | linear top-1 | gain over random init | verdict | kNN@20 | "
@@ -189,7 +204,8 @@ def summarize(out: Path, args, failed: dict, seconds: float) -> str:
     lines.append(f"| {RANDOM} | {PROBE_SIZE} | {b['name']} | {format_interval(interval_of(b.get('linear_ci'), b['linear_top1']))}"
                  f" | | | {100 * b['knn20']:.1f} | 0 | | | |")
     reports = {}
-    for name in args.tasks:
+    for name in [t for t in DEFAULT_ORDER if (out / t.replace(" ", "_") / "probe" / "report.json").exists()
+                 or t in args.tasks]:
         folder = out / name.replace(" ", "_")
         if name in failed or not (folder / "probe" / "report.json").exists():
             lines.append(f"| {name} | failed: {failed.get(name, 'no probe report')[:120]} |" + " |" * 9)
@@ -204,13 +220,14 @@ def summarize(out: Path, args, failed: dict, seconds: float) -> str:
             size, train = PROBE_SIZE, {"images_seen": rec["images_seen"], "img_per_s": rec["img_per_s"],
                                        "train_seconds": rec["seconds"], "budget_seconds": rec["budget_seconds"]}
         else:
-            size, train = TASKS[name][1], training_record(folder, TASKS[name][2])
+            _, size, batch, _ = CONTINUED_RECIPE if name == CONTINUED else TASKS[name]
+            size, train = size, training_record(folder, batch)
         planned = train.get("budget_seconds")
         lines.append(
             f"| {name} | {size} | {s['name']} | {format_interval(interval_of(s.get('linear_ci'), s['linear_top1']))} | "
             f"{format_difference(gain)} | {classify(gain)} | {100 * s['knn20']:.1f} | {train['images_seen']:,} | "
             f"{train['img_per_s']:.1f} | {'' if planned is None else f'{planned:.0f}'} | {train['train_seconds']:.0f} |")
-    pays = [name for name, r in reports.items() if name != LIGHTLY
+    pays = [name for name, r in reports.items() if name not in (LIGHTLY, CONTINUED)
             and classify(dict(paired_gains(r, base)[0])[best_stage(r)["name"]]) == "pays"]
     lines += ["", f"Tasks whose best stage pays over random init: {len(pays)} ({', '.join(pays) or 'none'})."]
     if "simclr" in reports and LIGHTLY in reports:
@@ -219,6 +236,12 @@ def summarize(out: Path, args, failed: dict, seconds: float) -> str:
                                      unpack_bits(theirs["correct"]["linear"], n))
         lines.append(f"convssl SimCLR ({ours['name']}) minus lightly SimCLR ({theirs['name']}), paired over the same "
                      f"{n} images: {format_difference(diff)} ({classify(diff)}).")
+    if CONTINUED in reports and LIGHTLY in reports:
+        ours, start = best_stage(reports[CONTINUED]), best_stage(reports[LIGHTLY])
+        (diff,) = paired_differences(unpack_bits(ours["correct"]["linear"], n),
+                                     unpack_bits(start["correct"]["linear"], n))
+        lines.append(f"{CONTINUED} ({args.continued_budget} from lightly's SimCLR backbone, {ours['name']}) against its "
+                     f"starting weights ({start['name']}), paired: {format_difference(diff)} ({classify(diff)}).")
     lines.append(f"Whole benchmark: {seconds / 60:.0f} min wall.")
     return "\n".join(lines)
 
