@@ -29,7 +29,7 @@ DATA = ROOT / "data" / "fmnist"
 
 def sample_images(count: int) -> list[torch.Tensor]:
     """The first ``count`` images of the embedded sample, as uint8 [1, 28, 28]."""
-    from convssl.data.reader import ShardDataset
+    from convssl.data.shard_dataset import ShardDataset
 
     images = []
     for sample in ShardDataset(str(DATA / "train"), channels=1):
@@ -131,7 +131,7 @@ def spark_reconstruction(steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["layouts", "spark"], default=None, help="draw only these pictures")
-    parser.add_argument("--spark-steps", type=int, default=400, help="SparK steps before the picture")
+    parser.add_argument("--spark-steps", type=int, default=100, help="SparK steps before the picture")
     args = parser.parse_args()
     IMG.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
