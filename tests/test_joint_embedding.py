@@ -367,7 +367,8 @@ def test_local_crops_smaller_than_the_encoder_takes_fail_when_built():
 
     enc = Encoder(_load_dist_script().tiny_convnet(), input_size=16, in_chans=1)  # total reduction 2
     spec = TaskSpec.from_section({"name": "dino", "crops": {"local_crops": 2, "local_size": 1}})
-    with pytest.raises(ConfigError, match="dino: task.crops.local_size 1 is smaller than the encoder's total reduction 2"):
+    with pytest.raises(ConfigError, match="dino: task.crops.local_size 1 is smaller than the encoder's total "
+                                          "reduction 2"):
         build_task(spec, enc, DATA)
 
 

@@ -87,7 +87,8 @@ class DINO(TaskBase):
                 if not 0.0 <= getattr(self, name) <= 1.0:
                     raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
             if self.crops.views < 2:
-                raise ValueError("dino needs two views at least: the student learns from another view than the teacher's")
+                raise ValueError("dino needs two views at least: the student learns from a view other "
+                                 "than the teacher's")
 
     def __init__(self, encoder: Encoder, cfg: DINO.Config, data: DataConfig):
         super().__init__()
