@@ -32,7 +32,7 @@ def small_labeled(root: Path, name: str, count: int) -> str:
     (an ImageFolder tree -> convssl's writer), so the probe in this test stays quick."""
     from PIL import Image
 
-    from convssl.data.reader import ShardDataset
+    from convssl.data.shard_dataset import ShardDataset
     from convssl.data.sources import open_source
     from convssl.data.writer import write_shards
 

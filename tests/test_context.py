@@ -16,7 +16,8 @@ from convssl.views.context_patches import ContextPatches
 from convssl.views.crops import RandomResizedCrop
 from convssl.views.grid import cut_patches, grid_geometry, patch_boxes
 
-from convssl.data.reader import ShardDataset, collate_samples
+from convssl.data.collate import collate_samples
+from convssl.data.shard_dataset import ShardDataset
 
 from test_tasks import UNLABELED
 

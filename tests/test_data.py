@@ -19,7 +19,8 @@ from convssl.views.crops import RandomResizedCrop, ResizeCenterCrop
 from convssl.data.idx import FASHION_MNIST_CLASSES, find_idx_files, read_idx
 from convssl.data.manifest import read_manifest
 from convssl.views.normalize import normalize
-from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.loader import make_loader
+from convssl.data.shard_dataset import ShardDataset
 from convssl.views.crop_views import CropViews, Named
 from convssl.data.sources import open_source
 from convssl.data.urls import resolve_shards

@@ -26,7 +26,9 @@ from PIL import Image
 
 from convssl.views.crops import RandomResizedCrop
 from convssl.data.manifest import Manifest, ShardInfo
-from convssl.data.reader import ShardDataset, ShardReadError, make_loader
+from convssl.data.loader import make_loader
+from convssl.data.read_error import ShardReadError
+from convssl.data.shard_dataset import ShardDataset
 from convssl.data.sources import open_source
 from convssl.data.urls import resolve_shards
 from convssl.views.crop_views import Named
@@ -314,7 +316,7 @@ def test_workers_ignore_a_group_sigterm_but_never_block_exit(tmp_path: Path):
     del batches
     # A loader kept alive by a reference cycle until interpreter exit: exit must not wait forever.
     script = ("import gc, sys; gc.disable()\n"
-              "from convssl.data.reader import ShardDataset, make_loader\n"
+              "from convssl.data.loader import make_loader\nfrom convssl.data.shard_dataset import ShardDataset\n"
               f"it = iter(make_loader(ShardDataset({urls!r}, infinite=True), batch_size=4, num_workers=2))\n"
               "next(it); cycle = [it]; cycle.append(cycle)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,

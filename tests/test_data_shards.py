@@ -16,7 +16,7 @@ from PIL import Image
 
 from convssl.commands import shards as shards_command
 from convssl.data.manifest import read_manifest
-from convssl.data.reader import ShardDataset
+from convssl.data.shard_dataset import ShardDataset
 from convssl.data.sources import Sample, open_source
 from convssl.data.writer import write_shards
 from convssl.errors import DataError

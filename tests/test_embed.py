@@ -14,7 +14,7 @@ import custom_nets
 from convssl.cli import main
 from convssl.views.crops import ResizeCenterCrop
 from convssl.views.normalize import normalize
-from convssl.data.reader import ShardDataset
+from convssl.data.shard_dataset import ShardDataset
 from convssl.views.crop_views import Named
 from convssl.eval.embed import PALETTE, neighbour_agreement
 from convssl.recipe import recipe_from_dict

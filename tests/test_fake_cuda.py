@@ -40,7 +40,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from convssl.views.photometric_config import ColorAugConfig
 from convssl.views.view_augment import prepare_view
-from convssl.data.reader import ShardDataset, collate_samples
+from convssl.data.collate import collate_samples
+from convssl.data.shard_dataset import ShardDataset
 from convssl.encoders import build_encoder
 from convssl.eval.features import extract_features, labeled_batches
 from convssl.recipe import recipe_from_dict

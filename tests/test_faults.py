@@ -255,7 +255,7 @@ def test_a_frozen_http_server_is_reported_at_its_first_timeout(tmp_path):
     (retry i of n, no data for T s), and the error follows its retries, in seconds."""
     import threading
 
-    from convssl.data.reader import ShardDataset
+    from convssl.data.shard_dataset import ShardDataset
     from convssl.errors import DataError
 
     server = socket.socket()
@@ -457,7 +457,7 @@ def test_shards_reencode_png_keeps_cmyk_jpegs_as_rgb(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from convssl.data.reader import ShardDataset
+    from convssl.data.shard_dataset import ShardDataset
     from convssl.data.sources import open_source
     from convssl.data.writer import write_shards
 

@@ -14,7 +14,7 @@ import torch
 
 from convssl.cli import main
 from convssl.config import to_dict
-from convssl.data.reader import ShardDataset
+from convssl.data.shard_dataset import ShardDataset
 from convssl.encoders import EncoderConfig, build_encoder
 from convssl.eval import label_subset
 from convssl.finetune import finetune

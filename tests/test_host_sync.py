@@ -22,7 +22,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from convssl.data.reader import ShardDataset, collate_samples
+from convssl.data.collate import collate_samples
+from convssl.data.shard_dataset import ShardDataset
 from convssl.recipe import recipe_from_dict
 from convssl.tasks.registry import TASKS, build_task
 from convssl.encoders import build_encoder

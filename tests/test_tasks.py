@@ -21,7 +21,8 @@ import yaml
 from task_plugin import CLASS_PATH, ENTRY_POINT, PACKAGE, write_plugin
 
 from convssl.cli import main
-from convssl.data.reader import ShardDataset, collate_samples
+from convssl.data.collate import collate_samples
+from convssl.data.shard_dataset import ShardDataset
 from convssl.encoders import build_encoder
 from convssl.errors import ConfigError
 from convssl.recipe import recipe_from_dict

@@ -1,6 +1,6 @@
 """Loader worker processes, stopped on every exit path.
 
-Workers ignore SIGINT/SIGTERM (``convssl.data.reader``: the main process decides
+Workers ignore SIGINT/SIGTERM (``convssl.data.loader``: the main process decides
 when to stop), so a worker left running when the main process ends makes
 multiprocessing's exit handler wait for it forever. Whatever iterates a multi-worker
 ``DataLoader`` therefore stops its workers itself, error or not, through

@@ -10,7 +10,8 @@ import sys
 
 import torch.distributed as dist
 
-from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.loader import make_loader
+from convssl.data.shard_dataset import ShardDataset
 
 
 def main(out: str, specs: list[str]) -> None:

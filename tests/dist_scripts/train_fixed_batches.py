@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE.parent))  # custom_nets
 
 from convssl import dist  # noqa: E402
 from convssl.views.crops import ResizeCenterCrop  # noqa: E402
-from convssl.data.reader import ShardDataset  # noqa: E402
+from convssl.data.shard_dataset import ShardDataset  # noqa: E402
 from convssl.views.crop_views import Named  # noqa: E402
 from convssl.recipe import recipe_from_dict  # noqa: E402
 from convssl.train.trainer import pretrain  # noqa: E402

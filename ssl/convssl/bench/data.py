@@ -172,7 +172,8 @@ def _crop(args):
 
 
 def _shard_rate(spec: str, args: argparse.Namespace, workers: int) -> float:
-    from convssl.data.reader import ShardDataset, make_loader
+    from convssl.data.loader import make_loader
+    from convssl.data.shard_dataset import ShardDataset
     from convssl.views.crop_views import Named
 
     dataset = ShardDataset(spec, transform=Named(_crop(args)), channels=3, shuffle_buffer=256)

@@ -225,7 +225,7 @@ class Supervised(nn.Module):
 def _batches(model, recipe, device, *, count: int, batch_size: int, supervised: bool) -> list[dict]:
     """``count`` batches of synthetic uint8 images (data.size / 0.875 square, data.channels)
     cut by the task's loader transform and collated as the loader would."""
-    from convssl.data.reader import collate_samples
+    from convssl.data.collate import collate_samples
 
     d = recipe.data
     transform = _sample_transform(model, recipe, supervised)

@@ -9,7 +9,7 @@ with the standard library instead of gopen's ``curl`` command: that command retr
 on its own (30 times, 2 s apart, not configurable), which would hide a dead server
 behind a minute of silence per shard, needs a ``curl`` binary that slim images lack,
 and reports failures as "exit 22"; ``urllib`` gives the HTTP status and lets the
-reader's own bounded retries decide (``convssl.data.reader``).
+reader's own bounded retries decide (``convssl.data.retrying_reader``).
 
 The tar format is parsed by webdataset (``tar_file_iterator``: ``tarfile`` in stream
 mode, gzip detected) and members grouped into samples by ``group_by_keys``: the key is

@@ -29,7 +29,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from convssl.views.crops import ResizeCenterCrop
-from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.loader import make_loader
+from convssl.data.shard_dataset import ShardDataset
 from convssl.views.crop_views import Named
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder

@@ -37,7 +37,8 @@ from einops import rearrange
 from convssl.views.crops import ResizeCenterCrop
 from convssl.views.crop_views import Named
 from convssl.views.normalize import normalize
-from convssl.data.reader import ShardDataset, make_loader
+from convssl.data.loader import make_loader
+from convssl.data.shard_dataset import ShardDataset
 from convssl.data.tar_stream import is_local, iter_shard, local_path
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder

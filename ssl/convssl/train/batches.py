@@ -11,7 +11,8 @@ def shard_batches(urls, manifest, data, *, channels: int, seed: int, info, per_r
     """The rank's infinite loader over shards ``urls`` (images with ``channels``) with the
     ``data`` section's reading settings; ``transform`` is the task's ``loader_transform()``, run per sample in the
     workers; ``start_batches`` resumes the data position."""
-    from convssl.data.reader import ShardDataset, make_loader
+    from convssl.data.loader import make_loader
+    from convssl.data.shard_dataset import ShardDataset
 
     dataset = ShardDataset(
         urls, transform=transform, channels=channels, labeled=labeled,
