@@ -177,6 +177,16 @@ def task_classes() -> dict[str, type]:
     return {name: task_class(name) for name in TASKS}
 
 
+def _leading_comment(text: str) -> str:
+    """The comment block a recipe starts with, as one line."""
+    comment = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    return " ".join(comment)
+
+
 def recipes_using(task: str) -> list[tuple[str, str]]:
     """(file name, its leading comment) for each bundled recipe whose ``task.name`` is ``task``
     (a ``multi`` recipe counts for each of its sub-tasks)."""
@@ -188,12 +198,7 @@ def recipes_using(task: str) -> list[tuple[str, str]]:
         section = (yaml.safe_load(text) or {}).get("task") or {}
         names = {section.get("name")} | {t.get("name") for t in section.get("tasks", ()) if isinstance(t, dict)}
         if task in names:
-            comment = []
-            for line in text.splitlines():
-                if not line.startswith("#"):
-                    break
-                comment.append(line.lstrip("#").strip())
-            found.append((path.name, " ".join(comment)))
+            found.append((path.name, _leading_comment(text)))
     return found
 
 
@@ -208,6 +213,26 @@ def task_recipes(name: str) -> str:
     rows = ["| recipe | what it follows |", "|---|---|"]
     rows += [f"| `recipes/{file}` | {cell(comment)} |" for file, comment in recipes_using(name)]
     return "\n".join(rows) if len(rows) > 2 else "No bundled recipe uses it yet."
+
+
+def bundled_recipes() -> str:
+    """One row per recipe in ``recipes/``: its task(s), encoder, input and batch, and the
+    leading comment that says which paper settings it follows."""
+    import yaml
+
+    rows = ["| recipe | task | encoder | data | what it follows |", "|---|---|---|---|---|"]
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        text = path.read_text()
+        raw = yaml.safe_load(text) or {}
+        task, encoder, data = raw.get("task") or {}, raw.get("encoder") or {}, raw.get("data") or {}
+        names = task.get("name", "")
+        if task.get("tasks"):
+            names += " (" + " + ".join(f"{t.get('name')} x{t.get('weight', 1.0)}" for t in task["tasks"]) + ")"
+        spec = encoder.get("spec", "") + (", small input" if encoder.get("small_input") else "")
+        shape = ", ".join(part for part in (f"{data['size']} px" if "size" in data else "",
+                                            f"batch {data['batch_size']}" if "batch_size" in data else "") if part)
+        rows.append(f"| `{path.name}` | {cell(names)} | {cell(spec)} | {cell(shape)} | {cell(_leading_comment(text))} |")
+    return "\n".join(rows)
 
 
 def recipe_reference() -> str:
@@ -234,4 +259,8 @@ def recipe_reference() -> str:
                 lines.append(f"| `{name}` | {cell(summary)} | [methods/{name}](../methods/{name}.md#keys) |")
             lines += ["", "A task of your own: `task.name: package.module:Class`, or a name registered in the "
                       "`convssl.tasks` entry-point group ([Writing your own task](../guides/own-task.md)).", ""]
+    lines += ["## Bundled recipes", "",
+              "Every recipe in `recipes/` (a recipe that is not a pretraining one, such as the fine-tuning "
+              "settings, has no task), with the comment at its top that cites the paper settings it follows:", "",
+              bundled_recipes(), ""]
     return "\n".join(lines)

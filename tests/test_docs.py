@@ -165,8 +165,8 @@ def test_config_generator_reads_types_defaults_checks_and_help():
 
 TOY = {  # appended to a command at toy size: a few steps, small inputs, few resamples
     "convssl quickstart": "--max-steps 2 --set data.batch_size=8 --val data/fmnist/test",
-    "convssl pretrain": "--max-steps 2 --set data.batch_size=4 --set data.size=64 --set data.workers=0",
-    "convssl probe": "--batch-size 16 --workers 0",
+    "convssl pretrain": "--max-steps 2 --set data.batch_size=4 --set data.size=32 --set data.workers=0",
+    "convssl probe": "--batch-size 16 --workers 0 --max-dims 512",
     "convssl finetune": "--max-steps 2 --set data.batch_size=4 --set data.workers=0",
     "convssl embed": "--method pca --workers 0",
     "convssl shards": "",
