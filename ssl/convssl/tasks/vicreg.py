@@ -24,19 +24,17 @@ from typing import Literal
 
 import torch
 
-from convssl.data.config import DataConfig
-from convssl.encoders import Encoder
 from convssl.errors import ConfigError
-from convssl.heads.projection import projection_head
 from convssl.losses.vicreg import vicreg_loss
-from convssl.tasks.base import TaskBase
-from convssl.views.multicrop import MultiCropConfig, check_crop_sizes, encode_by_resolution, multi_crop, view_pairs
+from convssl.tasks.projected_views import ProjectedViews
+from convssl.views.multicrop import MultiCropConfig, view_pairs
 from convssl.views.photometric_config import ColorAugConfig
-from convssl.views.view_augment import ViewAugment
 
 
-class VICReg(TaskBase):
+class VICReg(ProjectedViews):
     """VICReg pretext task: ``forward(batch) -> {"loss"}``."""
+
+    task_name = "vicreg"
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -77,28 +75,8 @@ class VICReg(TaskBase):
             raise ConfigError(f"vicreg takes each dimension's variance over the batch: data.batch_size "
                               f"{global_batch} has none; use 2 or more (the paper: 2048)")
 
-    def __init__(self, encoder: Encoder, cfg: VICReg.Config, data: DataConfig):
-        super().__init__()
-        self.cfg, self.data = cfg, data
-        check_crop_sizes(cfg.crops, encoder.reductions[-1], "vicreg")
-        self.views = ViewAugment(cfg.augment, cfg.augment_on, data)
-        self.encoder = encoder
-        self.projector = projection_head(encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim,
-                                         num_layers=cfg.proj_layers, batch_norm=cfg.proj_batch_norm)
-
-    def loader_transform(self):
-        """The ``crops`` (2 global by default); with ``augment_on: worker`` also the photometric part."""
-        return multi_crop(self.data, self.cfg.crops, augment=self.views.worker_transform())
-
-    def _embed(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder.pool(x_BCHW))
-
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        views = batch["img"]
-        if not isinstance(views, (list, tuple)) or len(views) != self.cfg.crops.views:
-            raise ConfigError(f"vicreg expects batch['img'] to be a list of {self.cfg.crops.views} views "
-                              "(loader_transform)")
-        z = encode_by_resolution(self._embed, [self.views.prepare(v) for v in views])
+        z = self.embed_views(batch)
         c = self.cfg
         pairs = view_pairs(c.crops)
         loss = sum(vicreg_loss(z[i], z[j], invariance=c.invariance, variance=c.variance,
