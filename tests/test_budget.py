@@ -14,7 +14,8 @@ import yaml
 
 from convssl.errors import ConfigError
 from convssl import checkpoint as ckpt_io
-from convssl.train.budget import format_seconds, parse_budget
+from convssl.train.budget import format_seconds
+from convssl.train_config import parse_budget
 from convssl.train.trainer import pretrain
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,6 +15,7 @@ import torch
 
 from convssl.cli import main
 from convssl.encoders import EncoderConfig, build_encoder
+from convssl.encoders.from_checkpoint import encoder_config, load_encoder
 from convssl.errors import ConvsslError
 from convssl import checkpoint as ckpt_io
 from convssl.train.trainer import pretrain
@@ -82,7 +83,7 @@ def test_python_api_refuses_it_too(checkpoints, tmp_path):
     from convssl.eval.probe import checkpoint_input
 
     _, evil, marker = checkpoints
-    for call in (lambda: ckpt_io.load_encoder(evil), lambda: checkpoint_input(evil),
+    for call in (lambda: load_encoder(evil), lambda: checkpoint_input(evil),
                  lambda: convssl.export(evil, tmp_path / "b.pth", format="state_dict"),
                  lambda: convssl.probe(evil, str(FMNIST / "train"), str(FMNIST / "test"), tmp_path / "p")):
         with pytest.raises(ConvsslError, match="nothing was run"):
@@ -102,8 +103,8 @@ def test_a_user_encoder_is_rebuilt_only_when_the_user_names_it(checkpoints, tmp_
     assert exported.keys() <= stored.keys() and all(torch.equal(v, stored[k]) for k, v in exported.items())
     # trusting another spec does not trust this one
     with pytest.raises(ConvsslError, match="nothing was run"):
-        ckpt_io.load_encoder(honest, trust=["custom_nets:gn_convnet"])
-    encoder, _ = ckpt_io.load_encoder(honest, trust=[USER_SPEC])
+        load_encoder(honest, trust=["custom_nets:gn_convnet"])
+    encoder, _ = load_encoder(honest, trust=[USER_SPEC])
     assert all(torch.equal(v, encoder.model.state_dict()[k]) for k, v in stored.items())
 
 
@@ -112,6 +113,6 @@ def test_a_user_encoder_is_rebuilt_only_when_the_user_names_it(checkpoints, tmp_
 def test_builtin_specs_rebuild_but_never_load_weights_a_file_names(kwargs):
     ckpt = {"path": "x.pt", "config": {"encoder": {"spec": "torchvision:resnet18", "kwargs": kwargs}}}
     with pytest.raises(ConvsslError, match="load weights from elsewhere"):
-        ckpt_io.encoder_config(ckpt)
-    plain = ckpt_io.encoder_config({"path": "x.pt", "config": {"encoder": {"spec": "timm:resnet18", "in_chans": 1}}})
+        encoder_config(ckpt)
+    plain = encoder_config({"path": "x.pt", "config": {"encoder": {"spec": "timm:resnet18", "in_chans": 1}}})
     assert plain.spec == "timm:resnet18" and plain.in_chans == 1

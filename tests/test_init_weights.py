@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from convssl.encoders import EncoderConfig, build_bare_model, build_encoder
+from convssl.encoders.from_checkpoint import load_encoder
 from convssl.encoders.init_weights import apply_init
 from convssl.errors import ConfigError, ConvsslError
 from convssl import checkpoint as ckpt_io
@@ -202,7 +203,7 @@ def test_old_checkpoints_without_init_still_load(tmp_path):
     del config["init"]
     ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "encoder": encoder.backbone_state_dict(),
                          "config": {"encoder": config, "data": {}}}, tmp_path / "old.pt")
-    loaded, _ = ckpt_io.load_encoder(tmp_path / "old.pt", trust=[SPEC])
+    loaded, _ = load_encoder(tmp_path / "old.pt", trust=[SPEC])
     assert loaded.config.init == ""
 
 

@@ -5,7 +5,7 @@ import math
 import torch
 
 from convssl.train.optim import LAMB, LARS, build_optimizer
-from convssl.train.config import OptimConfig
+from convssl.train_config import OptimConfig
 from convssl.train.schedule import cosine, warmup_cosine
 
 

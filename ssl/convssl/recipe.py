@@ -16,7 +16,7 @@ from convssl.data.config import DataConfig
 from convssl.encoders import EncoderConfig
 from convssl.errors import ConfigError
 from convssl.tasks.registry import TaskSpec
-from convssl.train.config import OptimConfig, TrainConfig
+from convssl.train_config import OptimConfig, TrainConfig
 
 SECTIONS = ("encoder", "data", "task", "optim", "train")
 

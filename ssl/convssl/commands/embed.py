@@ -33,8 +33,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from convssl.data.urls import resolve_shards
     from convssl.eval.embed import embed, pick_method
-    from convssl.checkpoint.input_spec import input_spec
-    from convssl.checkpoint import load_encoder
+    from convssl.encoders.from_checkpoint import load_encoder
+    from convssl.encoders.input_spec import input_spec
 
     pick_method(args.method)  # a missing package fails before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

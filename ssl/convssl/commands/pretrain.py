@@ -51,7 +51,7 @@ def run(args) -> int:
         overrides += [f"train.epochs={args.epochs}", "train.max_steps=0"] if args.max_steps is None else [f"train.epochs={args.epochs}"]
     if args.budget is not None:
         from convssl.errors import ConfigError
-        from convssl.train.budget import parse_budget
+        from convssl.train_config import parse_budget
 
         if args.max_steps is not None or args.epochs is not None:
             raise ConfigError("--budget decides the number of steps: give --budget, --max-steps or --epochs, not two")

@@ -44,6 +44,7 @@ def run(args) -> int:
     from convssl.eval.status_line import StatusLine
     from convssl.recipe import load_recipe
     from convssl import checkpoint as ckpt_io
+    from convssl.encoders.from_checkpoint import load_encoder
     from convssl.train.trainer import pretrain
 
     data, out = Path(args.data), Path(args.out)
@@ -63,7 +64,7 @@ def run(args) -> int:
     d = recipe.data
     print(f"[2/2] linear probe and kNN of the pretrained encoder and of the same architecture at random init "
           f"(seed {recipe.train.seed}), same protocol, same images (train {data / 'train'}, held out {val})")
-    encoder, _ = ckpt_io.load_encoder(summary["checkpoint"], trust=[recipe.encoder.spec])
+    encoder, _ = load_encoder(summary["checkpoint"], trust=[recipe.encoder.spec])
     random_init = build_baseline(BaselineSpec("random", seed=recipe.train.seed), encoder.config)
     report = probe(encoder, str(data / "train"), val, out_dir=out / "probe", size=d.size, channels=d.channels,
                    mean=d.mean, std=d.std, checkpoint=summary["checkpoint"], step=summary["steps"],

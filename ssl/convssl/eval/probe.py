@@ -198,9 +198,9 @@ def _evaluate(encoder: Encoder, names: list[str], index: int, started: float, se
 def checkpoint_input(path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> tuple[Encoder, dict]:
     """The pretrained encoder of a checkpoint and the input its recipe trained on:
     ``{"size", "channels", "mean", "std", "checkpoint", "step"}``. ``trust``: user-code
-    encoder specs the caller names (``convssl.checkpoint.encoder_config``)."""
+    encoder specs the caller names (``convssl.encoders.from_checkpoint.encoder_config``)."""
     from convssl.data.config import DataConfig
-    from convssl.checkpoint import load_encoder
+    from convssl.encoders.from_checkpoint import load_encoder
 
     encoder, ckpt = load_encoder(path, trust)
     data = ckpt["config"].get("data", {})

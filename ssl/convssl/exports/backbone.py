@@ -21,6 +21,7 @@ import torch
 from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import to_dict
 from convssl.encoders import Encoder, EncoderConfig, build_bare_model
+from convssl.encoders.from_checkpoint import encoder_config
 from convssl.encoders.sources import build_model, parse_spec
 from convssl.encoders.stem import conv_in_channels
 from convssl.errors import ConvsslError
@@ -50,7 +51,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
     picks the encoder's source (``state_dict`` for user models). If
     ``out_path`` is a folder, the file is ``backbone.pth`` / ``backbone.safetensors`` in it.
     Raises ``ExportError`` (nothing written) when the weights do not load. ``trust``: the
-    user-code encoder specs the caller names (``convssl.checkpoint.encoder_config``).
+    user-code encoder specs the caller names (``convssl.encoders.from_checkpoint.encoder_config``).
     """
     if fmt is not None and fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -61,7 +62,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path, fmt: str | None
     ensure_writable_dir(out_path.parent, "--out")
     clean_stale_temps(out_path.parent)
     ckpt = ckpt_io.load(ckpt_path)
-    enc_cfg = ckpt_io.encoder_config(ckpt, trust)
+    enc_cfg = encoder_config(ckpt, trust)
     source = parse_spec(enc_cfg.spec)[0]
     if fmt is None:
         fmt = source if source in FORMATS else "state_dict"

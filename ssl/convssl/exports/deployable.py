@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from convssl.atomic import clean_stale_temps, write_atomic
 from convssl.config import to_dict
 from convssl.encoders import Encoder
+from convssl.encoders.from_checkpoint import load_encoder
+from convssl.encoders.input_spec import input_spec
 from convssl.errors import ConvsslError
-from convssl.checkpoint.input_spec import input_spec
-from convssl import checkpoint as ckpt_io
 from convssl.checkpoint.versions import versions
 from convssl.writable import ensure_writable_dir
 
@@ -74,8 +74,8 @@ def output_names(encoder: Encoder) -> list[str]:
 
 def load_deployable(ckpt_path: str | Path, trust: tuple[str, ...] | list[str] = ()) -> tuple[DeployableBackbone, dict]:
     """The checkpoint's backbone, in eval mode on the CPU, and its input description
-    (``trust``: user-code encoder specs the caller names, see ``checkpoint.encoder_config``)."""
-    encoder, ckpt = ckpt_io.load_encoder(ckpt_path, trust)  # refuses NaN or infinite weights, naming them
+    (``trust``: user-code encoder specs the caller names, see ``encoders.from_checkpoint.encoder_config``)."""
+    encoder, ckpt = load_encoder(ckpt_path, trust)  # refuses NaN or infinite weights, naming them
     spec = input_spec(ckpt, encoder)
     return DeployableBackbone(encoder).eval(), {"ckpt": ckpt, "size": spec.size, "channels": spec.channels,
                                                 "mean": list(spec.mean), "std": list(spec.std)}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convssl.config import apply_overrides, at_least, from_dict, load_yaml, set_keys
-from convssl.train.config import OptimConfig, TrainConfig
+from convssl.train_config import OptimConfig, TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)

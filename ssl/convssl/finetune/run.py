@@ -26,11 +26,12 @@ import yaml
 
 from convssl import checkpoint as ckpt_io
 from convssl import dist as cdist
-from convssl.checkpoint.input_spec import input_spec
 from convssl.checkpoint.versions import versions
 from convssl.config import to_dict
 from convssl.data.urls import resolve_shards
 from convssl.encoders import Encoder, build_encoder
+from convssl.encoders.from_checkpoint import encoder_config, load_encoder
+from convssl.encoders.input_spec import input_spec
 from convssl.errors import ConfigError, ConvsslError
 from convssl.eval import label_subset
 from convssl.eval.bootstrap import LEVEL, RESAMPLES, SEED, accuracy_intervals
@@ -75,7 +76,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     ``out/labels``, chosen and written when missing. ``stop_after`` ends this call after
     that many steps with a checkpoint (the schedule unchanged); ``resume=True`` continues
     the latest checkpoint in ``out``. ``trust``: user-code encoder specs ``ckpt`` may name
-    (``convssl.checkpoint.encoder_config``). Returns ``{"finished": bool}``; on rank 0 of a
+    (``convssl.encoders.from_checkpoint.encoder_config``). Returns ``{"finished": bool}``; on rank 0 of a
     finished run, with the report's keys (top-1 as fractions in [0, 1]).
     """
     if init not in INITS:
@@ -192,9 +193,9 @@ def _encoder(ckpt, init: str, seed: int, trust) -> tuple[Encoder, dict]:
     and its source checkpoint (for the recipe: architecture, input size, normalisation)."""
     if init == "pretrained":
         seed_all(seed)
-        return ckpt_io.load_encoder(ckpt, trust)
+        return load_encoder(ckpt, trust)
     source = ckpt_io.load(ckpt)
-    enc_cfg = ckpt_io.encoder_config(source, trust)
+    enc_cfg = encoder_config(source, trust)
     seed_all(seed)
     return build_encoder(enc_cfg), source
 

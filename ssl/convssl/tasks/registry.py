@@ -14,7 +14,7 @@ a ``TaskSpec`` field): the task's own typed Config, checked like any other secti
 ``build_task`` only constructs from the spec.
 
 Only pretraining builds a task. The evaluation commands (probe, export, embed, finetune)
-rebuild the encoder alone from a checkpoint (``convssl.checkpoint.encoder_config``, under
+rebuild the encoder alone from a checkpoint (``convssl.encoders.from_checkpoint.encoder_config``, under
 ``--trust-encoder``) and never resolve a task name, so a task from outside the package
 does not widen what loading a checkpoint may import or run.
 """
@@ -70,7 +70,7 @@ def task_class(name: str) -> type:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"task.name must be a task name or package.module:Class, got {name!r}")
     # Pretraining alone resolves names: evaluation commands read encoders from checkpoints
-    # (trust rules in convssl.checkpoint) and never import a task, built in or not.
+    # (trust rules in convssl.encoders.from_checkpoint) and never import a task, built in or not.
     if name in TASKS:  # built-ins first: an installed package cannot change what a built-in name means
         target = TASKS[name]
     elif ":" in name:

@@ -22,29 +22,19 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import re
 import time
 from dataclasses import replace
 
 import torch
 
 from convssl import dist as cdist
+from convssl import short_budget
 from convssl.errors import ConfigError
-from convssl.train import short_budget
 from convssl.train.state import rng_state, set_rng_state
+from convssl.train_config import parse_budget
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_FORMAT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([smh])\s*$")
 SAFETY = 0.95  # of the time left after timing: checkpoints and logging are not in the timed steps
 WARM_STEPS = 2  # untimed: allocation, cudnn autotuning, torch.compile
-
-
-def parse_budget(text: str) -> float:
-    """Seconds in ``text`` (``90s``, ``20m``, ``1.5h``); a ``ConfigError`` in one line otherwise."""
-    found = _FORMAT.match(str(text))
-    if not found or float(found.group(1)) <= 0:
-        raise ConfigError(f"budget {text!r}: write a positive number and a unit, s, m or h (90s, 20m, 1.5h)")
-    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 def format_seconds(seconds: float) -> str:

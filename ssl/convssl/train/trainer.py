@@ -150,7 +150,7 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
                 recipe, lambda r: make_plan(r, manifest, info.world_size), batches, model=model, task=task,
                 optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, device=dev, info=info,
                 to_device=lambda b: to_device(b, dev, recipe.train.channels_last))
-            if recipe.optim != optimizer_settings:  # the recipe's optim.short_budget (convssl.train.short_budget)
+            if recipe.optim != optimizer_settings:  # the recipe's optim.short_budget (convssl.short_budget)
                 optimizer = build_optimizer(task, recipe.optim, plan.peak_lr)
             warn_about_plan(recipe.optim, plan, info)
             bar.total, bar.t0 = plan.total_steps, time.perf_counter()

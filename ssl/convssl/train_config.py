@@ -1,11 +1,25 @@
-"""The ``optim`` and ``train`` sections of a recipe."""
+"""The ``optim`` and ``train`` sections of a recipe (below ``recipe`` and ``train``, which both read them)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from convssl.config import at_least, between
+from convssl.errors import ConfigError
+from convssl.short_budget import check as check_short_budget
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_FORMAT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([smh])\s*$")
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in ``text`` (``90s``, ``20m``, ``1.5h``); a ``ConfigError`` in one line otherwise."""
+    found = _FORMAT.match(str(text))
+    if not found or float(found.group(1)) <= 0:
+        raise ConfigError(f"budget {text!r}: write a positive number and a unit, s, m or h (90s, 20m, 1.5h)")
+    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,7 +33,7 @@ class OptimConfig:
     clip_grad: max global gradient norm (0 = off).
     short_budget: optimizer keys that replace these when ``--budget`` decides a run shorter
         than ``below_epochs`` epochs (``warmup_fraction``: warm-up as a fraction of that run);
-        ``convssl.train.short_budget``. Empty = always these settings.
+        ``convssl.short_budget``. Empty = always these settings.
     """
 
     name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
@@ -49,9 +63,7 @@ class OptimConfig:
         at_least("warmup_epochs", self.warmup_epochs, 0)
         between("min_lr_ratio", self.min_lr_ratio, 0, 1)
         at_least("clip_grad (0 = off)", self.clip_grad, 0)
-        from convssl.train.short_budget import check
-
-        check(self)
+        check_short_budget(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,8 +105,6 @@ class TrainConfig:
         if not self.max_steps and not self.epochs > 0 and not self.budget:
             raise ValueError("give epochs > 0, max_steps > 0 or a budget: the run would have no steps")
         if self.budget:
-            from convssl.train.budget import parse_budget
-
             parse_budget(self.budget)
         for name in ("ckpt_every", "log_every", "image_every", "monitor_every"):
             at_least(f"{name} (0 = off)", getattr(self, name), 0)
