@@ -112,6 +112,10 @@ def main() -> None:
     parser.add_argument("--budget", default="10m", help="pretraining budget per run (convssl pretrain --budget)")
     parser.add_argument("--continued-budget", default="5m", help=f"budget of the {CONTINUED!r} row")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--probe-dims", type=int, default=9216,
+                        help="convssl probe --max-dims: each stage average-pooled to at most this many dims "
+                             "(default 9216, the probe's own); 0 pools globally (the protocol of most SSL papers). "
+                             "Another value probes again into probe_dims<N>/ beside the default's probe/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_ORDER, choices=[*TASKS, LIGHTLY, CONTINUED],
                         help="rows to run (default all; convssl's and lightly's SimCLR first, side by side)")
@@ -133,11 +137,13 @@ def main() -> None:
                            ("train10k", ["fashion-mnist:train", "--stop", "10000"]), ("test", ["fashion-mnist:test"])):
             if not (data / sub / "manifest.json").exists():
                 run(convssl("shards", *extra, str(data / sub), "--maxcount", "5000"), 1, logs / "shards.log")
-    probe_args = ["--train", str(train), "--val", val, "--size", str(PROBE_SIZE), "--quiet"]
+    probe_args = ["--train", str(train), "--val", val, "--size", str(PROBE_SIZE), "--quiet",
+                  "--max-dims", str(args.probe_dims)]
+    probe_dir = probe_folder(args.probe_dims)
     length = ["--max-steps", "2"] if args.smoke else ["--budget", args.budget]
 
     def probe(name: str, target: list[str]) -> None:
-        folder = out / name.replace(" ", "_") / "probe"
+        folder = out / name.replace(" ", "_") / probe_dir
         if not (folder / "report.json").exists():
             run(convssl("probe", *target, *probe_args, "--out", str(folder)), args.threads, logs / f"{name}.log")
 
@@ -179,8 +185,12 @@ def main() -> None:
             except Exception as exc:  # one failed row must not lose the others
                 failed[name] = str(exc)
     text = summarize(out, args, failed, time.perf_counter() - t0)
-    (out / "summary.md").write_text(text + "\n")
+    (out / ("summary.md" if args.probe_dims == 9216 else f"summary_dims{args.probe_dims}.md")).write_text(text + "\n")
     print("\n" + text)
+
+
+def probe_folder(dims: int) -> str:
+    return "probe" if dims == 9216 else f"probe_dims{dims}"
 
 
 def best_stage(report: dict) -> dict:
@@ -188,11 +198,13 @@ def best_stage(report: dict) -> dict:
 
 
 def summarize(out: Path, args, failed: dict, seconds: float) -> str:
-    base, _ = load_probe_report(out / "random_init" / "probe")
+    probe_dir = probe_folder(args.probe_dims)
+    base, _ = load_probe_report(out / "random_init" / probe_dir)
+    pooling = "pooled globally" if args.probe_dims == 0 else f"average-pooled to <= {args.probe_dims} dims"
     n = base["heldout"]["count"]
     lines = [
         f"Fashion-MNIST, pretraining budget {args.budget} per run ({args.jobs} runs at once, {args.threads} torch "
-        f"thread(s) each); probe: every stage average-pooled to <= 9216 dims, logistic regression on "
+        f"thread(s) each); probe: every stage {pooling}, logistic regression on "
         f"{base['counts']['train']:,} training images, {n} held-out test images, {PROBE_SIZE} px; "
         "95% bootstrap intervals; gain = paired difference to random init at the row's best stage.",
         "",
@@ -204,13 +216,13 @@ def summarize(out: Path, args, failed: dict, seconds: float) -> str:
     lines.append(f"| {RANDOM} | {PROBE_SIZE} | {b['name']} | {format_interval(interval_of(b.get('linear_ci'), b['linear_top1']))}"
                  f" | | | {100 * b['knn20']:.1f} | 0 | | | |")
     reports = {}
-    for name in [t for t in DEFAULT_ORDER if (out / t.replace(" ", "_") / "probe" / "report.json").exists()
+    for name in [t for t in DEFAULT_ORDER if (out / t.replace(" ", "_") / probe_dir / "report.json").exists()
                  or t in args.tasks]:
         folder = out / name.replace(" ", "_")
-        if name in failed or not (folder / "probe" / "report.json").exists():
+        if name in failed or not (folder / probe_dir / "report.json").exists():
             lines.append(f"| {name} | failed: {failed.get(name, 'no probe report')[:120]} |" + " |" * 9)
             continue
-        report, _ = load_probe_report(folder / "probe")
+        report, _ = load_probe_report(folder / probe_dir)
         reports[name] = report
         s = best_stage(report)
         gains = dict(paired_gains(report, base)[0])
