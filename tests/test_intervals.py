@@ -286,7 +286,7 @@ def test_finetune_baseline_over_label_seeds_reports_intervals_gains_and_spread(t
     out = tmp_path / "ft"
     assert main(["finetune", "--ckpt", str(ckpt), *TRUST, "--train", str(FMNIST / "train"), "--val", val,
                  "--out", str(out), "--label-fraction", "0.05", "--baseline", "--label-seeds", "2", "--max-steps", "2",
-                 "--quiet", "--set", "batch_size=8", "--set", "workers=0", "--set", "channels_last=false"]) == 0
+                 "--quiet", "--set", "data.batch_size=8", "--set", "data.workers=0", "--set", "train.channels_last=false"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "label_seeds.json").read_text())
     assert [d["label_seed"] for d in summary["draws"]] == [0, 1]
