@@ -50,7 +50,7 @@ from convssl.train.optim import optimizer_for_groups
 from convssl.train.plan import plan_run, warn_about_plan
 from convssl.train.precision import autocast_dtype
 from convssl.train.progress import Progress
-from convssl.train.resume import flat_keys, restore_rng
+from convssl.train.resume import flat_keys, restore_rng, restore_training_state
 from convssl.train.run_log import RunLog
 from convssl.train.state import seed_all
 from convssl.train.step import LoopState
@@ -123,13 +123,7 @@ def finetune(ckpt: str | Path, train: str, val: str, out: str | Path, cfg: Finet
     optimizer = optimizer_for_groups(groups, cfg.optim, plan.peak_lr)
     amp_dtype = autocast_dtype(cfg.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step = state["step"]
+    step = 0 if state is None else restore_training_state(state, model, "model", optimizer, scaler)
 
     urls, manifest = resolve_shards(train_spec)
     loader = shard_batches(urls, manifest, d, channels=channels, seed=seed, info=info,

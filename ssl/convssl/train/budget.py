@@ -133,8 +133,8 @@ def _decide(recipe, plan_for, budget_s: float, elapsed: float, per_step: float, 
     if short_budget.applies(recipe.optim, run_epochs):
         decided = replace(decided, optim=short_budget.short_optim(recipe.optim, run_epochs))
         record["short_budget"] = {"run_epochs": run_epochs, "settings": {
-            k: getattr(decided.optim, k) for k in sorted(recipe.optim.short_budget) if k != "below_epochs"
-            and k != "warmup_fraction"} | {"warmup_epochs": decided.optim.warmup_epochs}}
+            k: getattr(decided.optim, k) for k in sorted(recipe.optim.short_budget)
+            if k not in short_budget.CONTROL_KEYS} | {"warmup_epochs": decided.optim.warmup_epochs}}
     warmup = plan_for(decided).warmup_steps
     need = max(warmup, 1)
     if total < need:

@@ -96,6 +96,17 @@ def merge_resumed_recipe(state: dict, recipe: Recipe, info) -> Recipe:
     return recipe
 
 
+def restore_training_state(state: dict, module: torch.nn.Module, module_key: str, optimizer,
+                           scaler: torch.amp.GradScaler) -> int:
+    """Load a checkpoint's module (under ``module_key``), optimizer and scaler states; the step
+    to continue from. The scaler state is empty when the run was saved without fp16."""
+    module.load_state_dict(state[module_key])
+    optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    return state["step"]
+
+
 def restore_rng(state: dict, info, seed: int) -> None:
     """Each rank continues its own random stream. A checkpoint written by another number of
     processes has no stream for this rank: every rank is then seeded from (seed, step,

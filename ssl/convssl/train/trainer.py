@@ -33,7 +33,7 @@ from convssl.train.optim import build_optimizer
 from convssl.train.plan import Plan, make_plan, warn_about_plan
 from convssl.train.precision import autocast_dtype
 from convssl.train.progress import Progress
-from convssl.train.resume import claim_run_dir, merge_resumed_recipe, restore_rng
+from convssl.train.resume import claim_run_dir, merge_resumed_recipe, restore_rng, restore_training_state
 from convssl.train.run_config import write_config
 from convssl.train.run_log import RunLog
 from convssl.train.state import seed_all
@@ -112,13 +112,7 @@ def _pretrain_claimed(recipe: Recipe, data: str, run_dir: Path, state: dict | No
     optimizer, optimizer_settings = build_optimizer(task, recipe.optim, plan.peak_lr), recipe.optim
     amp_dtype = autocast_dtype(recipe.train.precision, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
-    step = 0
-    if state is not None:
-        task.load_state_dict(state["task"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"] and scaler.is_enabled():  # empty when saved without fp16
-            scaler.load_state_dict(state["scaler"])
-        step = state["step"]
+    step = 0 if state is None else restore_training_state(state, task, "task", optimizer, scaler)
 
     model = task
     if info.enabled:
