@@ -4,11 +4,7 @@ momentum encoder and queue by hand, state round-trips, view augmentations, a pee
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,17 +22,9 @@ from convssl.views.photometric import PhotometricView
 from convssl.views.photometric_config import ColorAugConfig
 from convssl.tasks.registry import TaskSpec, build_task
 
+from two_view_ranks import load_script, one_process, two_ranks
+
 ROOT = Path(__file__).resolve().parents[1]
-DIST_SCRIPT = ROOT / "tests" / "dist_scripts" / "contrastive_ddp.py"
-
-
-def _load_dist_script():
-    spec = importlib.util.spec_from_file_location("contrastive_ddp", DIST_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # ---- losses against the papers' formulas, written as loops -----------------------------
 
 def test_nt_xent_equals_explicit_loop_over_pairs():
@@ -84,24 +72,11 @@ def test_nt_xent_agrees_with_lightly():
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = ([str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"])
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd + ["--nproc-per-node", "2", "--standalone", str(DIST_SCRIPT), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
-
-
-def _single_process(name: str, bn_groups: int = 1) -> dict:
-    script = _load_dist_script()
-    task = script.make_task(name, bn_groups=bn_groups)
-    return script.train_two_steps(task, task, rank=0, world=1)
+    return two_ranks(tmp_path_factory.mktemp("ddp") / "ddp.pt", ("simclr", "moco"))
 
 
 def test_simclr_two_ranks_equal_one_process(ddp_results):
-    ddp, ref = ddp_results["simclr"], _single_process("simclr")
+    ddp, ref = ddp_results["simclr"], one_process("simclr")
     assert ddp["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert ddp["grads"].keys() == ref["grads"].keys()
     for name, g in ref["grads"].items():
@@ -111,7 +86,7 @@ def test_simclr_two_ranks_equal_one_process(ddp_results):
 
 def test_moco_two_ranks_equal_one_process_with_bn_groups(ddp_results):
     """Shuffle-BN over 2 ranks == its one-process emulation with 2 BN groups, exactly."""
-    ddp, ref = ddp_results["moco"], _single_process("moco", bn_groups=2)
+    ddp, ref = ddp_results["moco"], one_process("moco", bn_groups=2)
     assert ddp["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     for name, g in ref["grads"].items():
         assert torch.allclose(ddp["grads"][name], g, rtol=1e-4, atol=1e-6), name
@@ -124,8 +99,8 @@ def test_moco_two_ranks_equal_one_process_with_bn_groups(ddp_results):
 
 def test_moco_bn_groups_change_the_keys():
     """Without groups one process normalizes over the whole batch: a different computation."""
-    assert _single_process("moco", bn_groups=1)["loss"] != pytest.approx(
-        _single_process("moco", bn_groups=2)["loss"], rel=1e-6)
+    assert one_process("moco", bn_groups=1)["loss"] != pytest.approx(
+        one_process("moco", bn_groups=2)["loss"], rel=1e-6)
 
 
 # ---- MoCo: momentum update, queue, state ------------------------------------------------
@@ -149,7 +124,7 @@ def test_momentum_schedules():
 
 def _moco(queue_size=5, out_dim=2, **kw):
     torch.manual_seed(0)
-    enc = Encoder(_load_dist_script().tiny_convnet("bn"), input_size=16, in_chans=1)
+    enc = Encoder(load_script().tiny_convnet("bn"), input_size=16, in_chans=1)
     data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,))
     spec = TaskSpec.from_section({"name": "moco", "queue_size": queue_size, "proj_hidden_dim": 16,
                                   "proj_out_dim": out_dim, **kw})
@@ -224,7 +199,7 @@ SLOW_ENCODERS = ["torchvision:resnet18", "torchvision:resnet50", "torchvision:co
 
 def _encoder(spec: str, channels: int):
     if spec == "custom":
-        return Encoder(_load_dist_script().tiny_convnet("bn"), input_size=32, in_chans=1), 32, 1
+        return Encoder(load_script().tiny_convnet("bn"), input_size=32, in_chans=1), 32, 1
     small = "resnet" in spec
     size = 32 if small else 64
     return build_encoder(spec, small_input=small, input_size=size, in_chans=channels), size, channels
@@ -346,7 +321,7 @@ def test_worker_transform_keeps_uint8_views(channels):
 
 def test_worker_path_skips_device_augmentation():
     data = DataConfig(size=16, channels=1, mean=(0.5,), std=(0.25,))
-    enc = Encoder(_load_dist_script().tiny_convnet("gn"), input_size=16, in_chans=1)
+    enc = Encoder(load_script().tiny_convnet("gn"), input_size=16, in_chans=1)
     task = build_task(TaskSpec.from_section({"name": "simclr", "augment_on": "worker"}), enc, data)
     img = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
     assert torch.equal(task.prepare(img), (img.float() / 255 - 0.5) / 0.25)

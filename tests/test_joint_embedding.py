@@ -4,17 +4,12 @@ against their formulas, multi-crop views, 2 gloo ranks == one process, exact res
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from convssl.data.config import DataConfig
 from convssl.losses.barlow_twins import barlow_twins_loss
@@ -25,16 +20,10 @@ from convssl.momentum import momentum_at
 from convssl.views.crop_views import crop_views
 from convssl.views.multicrop import MultiCropConfig, encode_by_resolution, multi_crop, view_pairs
 
+from two_view_ranks import load_script, one_process, two_ranks
+
 ROOT = Path(__file__).resolve().parents[1]
-DIST_SCRIPT = ROOT / "tests" / "dist_scripts" / "joint_embedding_ddp.py"
 METHODS = ("byol", "barlow_twins", "vicreg", "dino")
-
-
-def _load_dist_script():
-    spec = importlib.util.spec_from_file_location("joint_embedding_ddp", DIST_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---- losses against lightly (an independent implementation), fp32, 1e-6 ----------------
@@ -117,7 +106,7 @@ def test_teacher_temperature_is_dino_linspace_then_constant():
 
 
 def _tiny_task(name: str, **section):
-    script = _load_dist_script()
+    script = load_script()
     task = script.make_task(name)
     if section:
         from convssl.encoders import Encoder
@@ -226,7 +215,7 @@ def test_every_new_task_takes_local_crops():
     from convssl.encoders import Encoder
     from convssl.tasks.registry import TaskSpec, build_task
 
-    script = _load_dist_script()
+    script = load_script()
     for name in METHODS:
         enc = Encoder(script.tiny_convnet(), input_size=16, in_chans=1)
         section = {"name": name, **script.SECTIONS[name], "crops": {"local_crops": 2, "local_size": 8}}
@@ -243,7 +232,7 @@ def test_simclr_takes_local_crops_and_averages_nt_xent_over_the_pairs():
     from convssl.losses.nt_xent import nt_xent
     from convssl.tasks.registry import TaskSpec, build_task
 
-    script = _load_dist_script()
+    script = load_script()
     enc = Encoder(script.tiny_convnet(), input_size=16, in_chans=1)
     section = {"name": "simclr", "augment_on": "worker", "proj_hidden_dim": 32, "proj_out_dim": 8,
                "proj_batch_norm": False, "temperature": 0.5, "crops": {"local_crops": 2, "local_size": 8}}
@@ -263,22 +252,12 @@ def test_simclr_takes_local_crops_and_averages_nt_xent_over_the_pairs():
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = ([str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"])
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd + ["--nproc-per-node", "2", "--standalone", str(DIST_SCRIPT), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
+    return two_ranks(tmp_path_factory.mktemp("ddp") / "ddp.pt", METHODS)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_two_ranks_equal_one_process(ddp_results, name):
-    script = _load_dist_script()
-    task = script.make_task(name)
-    ref = script.train_two_steps(task, task, rank=0, world=1)
-    ddp = ddp_results[name]
+    ref, ddp = one_process(name), ddp_results[name]
     assert ddp["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert ddp["grads"].keys() == ref["grads"].keys() and ref["grads"]
     for key, g in ref["grads"].items():  # atol: Barlow Twins' last bias has an analytic gradient of 0
@@ -365,7 +344,7 @@ def test_local_crops_smaller_than_the_encoder_takes_fail_when_built():
     from convssl.errors import ConfigError
     from convssl.tasks.registry import TaskSpec, build_task
 
-    enc = Encoder(_load_dist_script().tiny_convnet(), input_size=16, in_chans=1)  # total reduction 2
+    enc = Encoder(load_script().tiny_convnet(), input_size=16, in_chans=1)  # total reduction 2
     spec = TaskSpec.from_section({"name": "dino", "crops": {"local_crops": 2, "local_size": 1}})
     with pytest.raises(ConfigError, match="dino: task.crops.local_size 1 is smaller than the encoder's total "
                                           "reduction 2"):
@@ -378,7 +357,7 @@ def test_multi_task_runs_dino_multi_crop_beside_rotation():
     from convssl.encoders import Encoder
     from convssl.tasks.registry import TaskSpec, build_task
 
-    script = _load_dist_script()
+    script = load_script()
     enc = Encoder(script.tiny_convnet(), input_size=16, in_chans=1)
     section = {"name": "multi", "tasks": [{"name": "dino", **script.SECTIONS["dino"]},
                                           {"name": "rotation", "hidden": 8, "weight": 0.5}]}
