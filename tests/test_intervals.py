@@ -112,6 +112,16 @@ def test_verdict_wording_and_formatting():
     assert verdict_line("layer4", Interval(-0.012, -0.02, -0.004), "random init", 3000).startswith("layer4: hurts, -1.2")
 
 
+def test_a_halfway_figure_prints_the_same_whatever_its_last_bit():
+    """7 of 400 images is 1.75%, halfway between 1.7 and 1.8: the same difference summed in
+    another order (a last-bit change) must print the same figure in the table and the verdict."""
+    exact = -7 / 400
+    nearby = [math.nextafter(exact, 0.0), exact, math.nextafter(exact, -1.0), sum([-3 / 400, -4 / 400])]
+    assert len({format_difference(Interval(x, -0.0525, -x)) for x in nearby}) == 1
+    assert len({format_interval(Interval(-x, -x, -x)) for x in nearby}) == 1
+    assert format_difference(Interval(exact, -0.0525, -exact)) == f"{-1.75:+.1f} [-5.2, {1.75:+.1f}]"
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 1001])
 def test_correctness_bits_round_trip(n):
     x = synthetic_correct(n, 0.5, n)

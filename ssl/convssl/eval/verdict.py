@@ -25,14 +25,21 @@ def format_interval(iv: Interval | None) -> str:
     """``84.0 [83.3, 84.7]`` (percent)."""
     if iv is None:
         return "-"
-    return f"{100 * iv.value:.1f} [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
+    return f"{_percent(iv.value):.1f} [{_percent(iv.low):.1f}, {_percent(iv.high):.1f}]"
+
+
+def _percent(x: float) -> float:
+    """``100 x`` rounded to 1e-9 first: accuracies over N images are multiples of 1/N, often
+    exactly halfway between two printed decimals (7/400 = 1.75%), and the last bit of a sum
+    taken in another order must not move the printed figure (1.7499999 -> 1.7, 1.75 -> 1.8)."""
+    return round(100 * x, 9)
 
 
 def _points(x: float) -> str:
     """Signed percentage points, one decimal; two when one would show a nonzero as 0.0, so an
     interval that excludes 0 never reads ``[+0.0, ...]``."""
-    text = f"{100 * x:+.1f}"
-    return f"{100 * x:+.2f}" if x != 0 and float(text) == 0 else text
+    text = f"{_percent(x):+.1f}"
+    return f"{_percent(x):+.2f}" if x != 0 and float(text) == 0 else text
 
 
 def format_difference(iv: Interval | None) -> str:
