@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "ssl"))
 from convssl.eval.bootstrap import paired_differences  # noqa: E402
 from convssl.eval.compare import load_probe_report, paired_gains  # noqa: E402
 from convssl.eval.correctness import unpack_bits  # noqa: E402
+from convssl.eval.features import MAX_DIMS  # noqa: E402
 from convssl.eval.verdict import classify, format_difference, format_interval, interval_of  # noqa: E402
 
 PROBE_SIZE = 64
@@ -112,9 +113,9 @@ def main() -> None:
     parser.add_argument("--budget", default="10m", help="pretraining budget per run (convssl pretrain --budget)")
     parser.add_argument("--continued-budget", default="5m", help=f"budget of the {CONTINUED!r} row")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
-    parser.add_argument("--probe-dims", type=int, default=9216,
+    parser.add_argument("--probe-dims", type=int, default=MAX_DIMS,
                         help="convssl probe --max-dims: each stage average-pooled to at most this many dims "
-                             "(default 9216, the probe's own); 0 pools globally (the protocol of most SSL papers). "
+                             "(default %(default)s, the probe's own); 0 pools globally (the protocol of most SSL papers). "
                              "Another value probes again into probe_dims<N>/ beside the default's probe/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_ORDER, choices=[*TASKS, LIGHTLY, CONTINUED],
@@ -139,7 +140,7 @@ def main() -> None:
                 run(convssl("shards", *extra, str(data / sub), "--maxcount", "5000"), 1, logs / "shards.log")
     probe_args = ["--train", str(train), "--val", val, "--size", str(PROBE_SIZE), "--quiet",
                   "--max-dims", str(args.probe_dims)]
-    probe_dir = probe_folder(args.probe_dims)
+    probe_dir = f"probe{dims_suffix(args.probe_dims)}"
     length = ["--max-steps", "2"] if args.smoke else ["--budget", args.budget]
 
     def probe(name: str, target: list[str]) -> None:
@@ -185,12 +186,13 @@ def main() -> None:
             except Exception as exc:  # one failed row must not lose the others
                 failed[name] = str(exc)
     text = summarize(out, args, failed, time.perf_counter() - t0)
-    (out / ("summary.md" if args.probe_dims == 9216 else f"summary_dims{args.probe_dims}.md")).write_text(text + "\n")
+    (out / f"summary{dims_suffix(args.probe_dims)}.md").write_text(text + "\n")
     print("\n" + text)
 
 
-def probe_folder(dims: int) -> str:
-    return "probe" if dims == 9216 else f"probe_dims{dims}"
+def dims_suffix(dims: int) -> str:
+    """What another --probe-dims than the probe's default adds to the probe folder and summary names."""
+    return "" if dims == MAX_DIMS else f"_dims{dims}"
 
 
 def best_stage(report: dict) -> dict:
@@ -198,7 +200,7 @@ def best_stage(report: dict) -> dict:
 
 
 def summarize(out: Path, args, failed: dict, seconds: float) -> str:
-    probe_dir = probe_folder(args.probe_dims)
+    probe_dir = f"probe{dims_suffix(args.probe_dims)}"
     base, _ = load_probe_report(out / "random_init" / probe_dir)
     pooling = "pooled globally" if args.probe_dims == 0 else f"average-pooled to <= {args.probe_dims} dims"
     n = base["heldout"]["count"]

@@ -25,6 +25,8 @@ from convssl.tasks.registry import TaskSpec, build_task
 from two_view_ranks import load_script, one_process, two_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 # ---- losses against the papers' formulas, written as loops -----------------------------
 
 def test_nt_xent_equals_explicit_loop_over_pairs():
